@@ -1,0 +1,1 @@
+"""dagctl-dagster."""

@@ -1,0 +1,310 @@
+"""Configuration: the deployment config (`dagctl.yaml`) and a project's `.dagctl/config.yaml`.
+
+The deployment config is written by the platform team: which projects exist, where their Git repositories
+are, which environments they deploy to, who approves what, and where steps run. It never holds secrets:
+Git credentials, warehouse passwords and approver secrets come from the environment (or Kubernetes secrets).
+
+The project config lives in the project's own repository and holds the `version` whose change starts a
+dbt plan. Both are validated with pydantic; every error names the file and the field path.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .errors import DagctlConfigError, DagctlProjectConfigError
+from .kubernetes_config import KubernetesBackendConfig
+
+DEFAULT_CONFIG_PATH = "dagctl.yaml"
+PROJECT_CONFIG_PATH = ".dagctl/config.yaml"
+
+# Project and environment names become parts of Dagster job, sensor and asset names.
+_NAME = r"^[A-Za-z][A-Za-z0-9_]*$"
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+_DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PathRule(_Strict):
+    """Extra approvers required when a plan touches some paths.
+
+    Example: `{paths: ["models/finance/**"], approvers: [carol]}`: a plan that changes a finance model also
+    needs an approval from carol.
+    """
+
+    paths: tuple[str, ...] = Field(min_length=1, description="Glob patterns relative to the project.")
+    approvers: tuple[str, ...] = Field(min_length=1, description="One of these must approve as well.")
+
+
+class EnvironmentConfig(_Strict):
+    """A named target of a project and its approval policy."""
+
+    name: str = Field(pattern=_NAME, description="Environment name: prod, dev, preview...")
+    protected: bool = Field(default=False, description="Nothing executes here without approval.")
+    branch: str | None = Field(default=None, description="Branch it tracks (default: the project's).")
+    target: str | None = Field(default=None, description="dbt target (default: the environment name).")
+    sqlmesh_environment: str | None = Field(
+        default=None, description="SQLMesh environment (default: the environment name)."
+    )
+    include_downstream: bool = Field(
+        default=False, description="dbt selective scope also builds downstream nodes (`path:...+`)."
+    )
+    approvers: tuple[str, ...] = Field(
+        default=(), description="Who may approve; empty means anyone (discouraged for protected envs)."
+    )
+    required_approvals: int = Field(default=1, ge=1, description="Distinct approvals needed.")
+    allow_self_approval: bool = Field(
+        default=False, description="Whether a plan's author may approve their own plan."
+    )
+    path_rules: tuple[PathRule, ...] = Field(default=(), description="Extra approvers per path.")
+    approval_ttl: timedelta | None = Field(
+        default=None, description="How long an approval counts (`30m`, `24h`, `7d`); none: forever."
+    )
+    verify_approvals: bool = Field(
+        default=False,
+        description="Require an HMAC code per approval from the approver's secret "
+        "(env var DAGCTL_APPROVER_SECRET_<NAME>).",
+    )
+    webhook_url: str | None = Field(
+        default=None, description="Receives a JSON event when a plan needs approval, completes or fails."
+    )
+
+    @field_validator("approval_ttl", mode="before")
+    @classmethod
+    def _parse_duration(cls, value: object) -> object:
+        if isinstance(value, str):
+            match = _DURATION.match(value.strip())
+            if not match:
+                raise ValueError("use a number and a unit: 90s, 30m, 24h or 7d")
+            return timedelta(**{_DURATION_UNITS[match.group(2)]: int(match.group(1))})
+        return value
+
+    @property
+    def dbt_target(self) -> str:
+        return self.target or self.name
+
+    @property
+    def sqlmesh_env(self) -> str:
+        return self.sqlmesh_environment or self.name
+
+
+class LocalBackendConfig(_Strict):
+    """Steps run as subprocesses on the machine running Dagster (the embedded default)."""
+
+    type: Literal["local"] = "local"
+
+
+BackendConfig = Annotated[
+    LocalBackendConfig | KubernetesBackendConfig, Field(discriminator="type")
+]
+
+
+class DbtConfig(_Strict):
+    """How dbt runs for a project."""
+
+    commands: tuple[tuple[str, ...], ...] = Field(
+        default=(("dbt", "build"),),
+        description='dbt commands run at execute, as strings ("dbt build") or argv lists.',
+    )
+    profiles_dir: str | None = Field(
+        default=None,
+        description="Folder holding profiles.yml, absolute or relative to the deployment config "
+        "(default: the project folder itself).",
+    )
+
+    @field_validator("commands", mode="before")
+    @classmethod
+    def _split_commands(cls, value: object) -> object:
+        if isinstance(value, (list, tuple)):
+            return tuple(shlex.split(item) if isinstance(item, str) else item for item in value)
+        return value
+
+    @field_validator("commands")
+    @classmethod
+    def _commands_are_dbt(cls, value: tuple[tuple[str, ...], ...]) -> tuple[tuple[str, ...], ...]:
+        for argv in value:
+            if len(argv) < 2 or argv[0] != "dbt":
+                raise ValueError(f"each command must start with 'dbt' and a sub-command, got {list(argv)}")
+        return value
+
+
+class SqlmeshConfig(_Strict):
+    """How SQLMesh runs for a project."""
+
+    gateway: str | None = Field(default=None, description="SQLMesh gateway (default: the project's).")
+
+
+class ScheduleConfig(_Strict):
+    """A recurring framework command on what an environment has deployed."""
+
+    name: str = Field(pattern=_NAME, description="Schedule name, unique in the project.")
+    environment: str = Field(description="Environment whose deployed commit it runs.")
+    cron: str = Field(description="Cron expression, e.g. '0 * * * *'.")
+    command: Literal["dbt_build", "sqlmesh_run", "sqlmesh_janitor"] = Field(
+        description="What to run."
+    )
+
+
+class ProjectConfig(_Strict):
+    """One Git repository holding a dbt or SQLMesh project."""
+
+    name: str = Field(pattern=_NAME, description="Project name, used in job and asset names.")
+    framework: Literal["dbt", "sqlmesh"]
+    repository: str = Field(min_length=1, description="Any URL git accepts: https, ssh, a path.")
+    branch: str = Field(default="main", description="Branch the sensor tracks.")
+    subdirectory: str | None = Field(default=None, description="Project folder inside the repo.")
+    environments: tuple[EnvironmentConfig, ...] = Field(min_length=1)
+    backend: BackendConfig = Field(default_factory=LocalBackendConfig)
+    dbt: DbtConfig = Field(default_factory=DbtConfig)
+    sqlmesh: SqlmeshConfig = Field(default_factory=SqlmeshConfig)
+    sensor_interval_seconds: int = Field(default=60, ge=5, description="Seconds between sensor ticks.")
+    schedules: tuple[ScheduleConfig, ...] = ()
+
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _backend_shorthand(cls, value: object) -> object:
+        return {"type": value} if isinstance(value, str) else value
+
+    @field_validator("subdirectory")
+    @classmethod
+    def _relative_subdirectory(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        cleaned = value.strip("/")
+        if not cleaned or ".." in Path(cleaned).parts:
+            raise ValueError("must be a folder inside the repository, e.g. 'analytics'")
+        return cleaned
+
+    @model_validator(mode="after")
+    def _check_names(self) -> ProjectConfig:
+        names = [env.name for env in self.environments]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"environment names must be unique, repeated: {duplicates}")
+        for schedule in self.schedules:
+            if schedule.environment not in names:
+                raise ValueError(
+                    f"schedule '{schedule.name}' names environment '{schedule.environment}', "
+                    f"which is not one of {names}"
+                )
+        return self
+
+    def get_environment(self, name: str) -> EnvironmentConfig:
+        for env in self.environments:
+            if env.name == name:
+                return env
+        known = ", ".join(env.name for env in self.environments)
+        raise DagctlConfigError(
+            f"project '{self.name}' has no environment '{name}' (known: {known})"
+        )
+
+    def tracked_branch(self, env: EnvironmentConfig) -> str:
+        return env.branch or self.branch
+
+
+class DeploymentConfig(_Strict):
+    """The whole deployment: every project this Dagster code location manages."""
+
+    projects: tuple[ProjectConfig, ...] = Field(min_length=1)
+    storage_dir: str = Field(
+        default=".dagctl-data",
+        description="Where Git mirrors and snapshots live, relative to the config file or absolute.",
+    )
+
+    @model_validator(mode="after")
+    def _unique_projects(self) -> DeploymentConfig:
+        names = [project.name for project in self.projects]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"project names must be unique, repeated: {duplicates}")
+        return self
+
+    def get_project(self, name: str) -> ProjectConfig:
+        for project in self.projects:
+            if project.name == name:
+                return project
+        known = ", ".join(project.name for project in self.projects)
+        raise DagctlConfigError(f"unknown project '{name}' (known: {known})")
+
+
+class ProjectRepoConfig(_Strict):
+    """The project's own `.dagctl/config.yaml`."""
+
+    version: StrictStr = Field(min_length=1, description="Bump it to request a dbt plan.")
+
+
+def format_validation_error(error: ValidationError) -> str:
+    """One line per problem, each with its field path, e.g. `projects.0.environments: too short`."""
+    lines = []
+    for problem in error.errors():
+        path = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+        lines.append(f"{path}: {problem['msg']}")
+    return "; ".join(lines)
+
+
+def _load_yaml(text: str, source: str, error_type: type[Exception]) -> object:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise error_type(f"{source}: invalid YAML: {exc}".replace("\n", " ")) from exc
+
+
+def parse_deployment_config(text: str, *, source: str) -> DeploymentConfig:
+    """Parses and validates a deployment config; `source` names the file in errors."""
+    data = _load_yaml(text, source, DagctlConfigError)
+    if not isinstance(data, dict):
+        raise DagctlConfigError(f"{source}: expected a mapping with a 'projects' list")
+    try:
+        return DeploymentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise DagctlConfigError(f"{source}: {format_validation_error(exc)}") from exc
+
+
+def load_deployment_config(path: str | Path) -> DeploymentConfig:
+    """Reads the deployment config from `path`.
+
+    Example: `load_deployment_config("dagctl.yaml").get_project("jaffle")`.
+    """
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise DagctlConfigError(
+            f"{file}: cannot read the deployment config ({exc.strerror}); "
+            "set DAGCTL_CONFIG to its path"
+        ) from exc
+    return parse_deployment_config(text, source=str(file))
+
+
+def parse_project_repo_config(text: str | None, *, path: str, commit: str) -> ProjectRepoConfig:
+    """Validates `.dagctl/config.yaml` read at `commit`; errors name the file, the commit and the field."""
+    where = f"{path} at commit {commit[:12]}"
+    if text is None:
+        raise DagctlProjectConfigError(
+            f"{where}: file not found; add it with a string field 'version', e.g. version: \"1\""
+        )
+    data = _load_yaml(text, where, DagctlProjectConfigError)
+    if not isinstance(data, dict):
+        raise DagctlProjectConfigError(f"{where}: expected a mapping with a string field 'version'")
+    try:
+        return ProjectRepoConfig.model_validate(data)
+    except ValidationError as exc:
+        raise DagctlProjectConfigError(f"{where}: {format_validation_error(exc)}") from exc
