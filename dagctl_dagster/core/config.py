@@ -54,6 +54,17 @@ class PathRule(_Strict):
     approvers: tuple[str, ...] = Field(min_length=1, description="One of these must approve as well.")
 
 
+class LocalBackendConfig(_Strict):
+    """Steps run as subprocesses on the machine running Dagster (the embedded default)."""
+
+    type: Literal["local"] = "local"
+
+
+BackendConfig = Annotated[
+    LocalBackendConfig | KubernetesBackendConfig, Field(discriminator="type")
+]
+
+
 class EnvironmentConfig(_Strict):
     """A named target of a project and its approval policy."""
 
@@ -86,6 +97,9 @@ class EnvironmentConfig(_Strict):
     webhook_url: str | None = Field(
         default=None, description="Receives a JSON event when a plan needs approval, completes or fails."
     )
+    backend: BackendConfig | None = Field(
+        default=None, description="Where this environment's steps run (default: the project's backend)."
+    )
 
     @field_validator("approval_ttl", mode="before")
     @classmethod
@@ -104,17 +118,6 @@ class EnvironmentConfig(_Strict):
     @property
     def sqlmesh_env(self) -> str:
         return self.sqlmesh_environment or self.name
-
-
-class LocalBackendConfig(_Strict):
-    """Steps run as subprocesses on the machine running Dagster (the embedded default)."""
-
-    type: Literal["local"] = "local"
-
-
-BackendConfig = Annotated[
-    LocalBackendConfig | KubernetesBackendConfig, Field(discriminator="type")
-]
 
 
 class DbtConfig(_Strict):
@@ -199,6 +202,9 @@ class ProjectConfig(_Strict):
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"environment names must be unique, repeated: {duplicates}")
+        for backend in [self.backend, *(env.backend for env in self.environments)]:
+            if isinstance(backend, KubernetesBackendConfig):
+                backend.check_framework(self.framework)
         for schedule in self.schedules:
             if schedule.environment not in names:
                 raise ValueError(
@@ -218,6 +224,9 @@ class ProjectConfig(_Strict):
 
     def tracked_branch(self, env: EnvironmentConfig) -> str:
         return env.branch or self.branch
+
+    def backend_for(self, env: EnvironmentConfig) -> LocalBackendConfig | KubernetesBackendConfig:
+        return env.backend or self.backend
 
 
 class DeploymentConfig(_Strict):

@@ -14,3 +14,6 @@ class KubernetesBackendConfig(BaseModel):
 
     type: Literal["kubernetes"] = "kubernetes"
     namespace: str = "default"
+
+    def check_framework(self, framework: str) -> None:
+        """Raises ValueError when this backend cannot serve `framework` (e.g. dbt without a registry)."""
