@@ -1,0 +1,197 @@
+"""dbt change sets: which files changed, what that means for dbt, and the exact commands to run.
+
+A dbt plan is explained from a Git diff alone, without parsing the dbt project: each changed file gets a
+category (model, test, macro, ...), the categories decide the scope (`all`, `selective` or `build_only`), and a
+`selective` scope selects exactly the changed files with dbt's `path:` selector, which also covers YAML files
+(tests and properties defined in them). That keeps `detect` close to the cost of `git diff` itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from enum import StrEnum
+from fnmatch import fnmatch
+from pathlib import PurePosixPath
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class FileCategory(StrEnum):
+    MODEL = "model"
+    TEST = "test"
+    MACRO = "macro"
+    SEED = "seed"
+    SNAPSHOT = "snapshot"
+    ANALYSIS = "analysis"
+    CONFIGURATION = "configuration"
+    INFRASTRUCTURE = "infrastructure"
+    OTHER = "other"
+
+
+class ChangeType(StrEnum):
+    ADDED = "added"
+    MODIFIED = "modified"
+    DELETED = "deleted"
+    RENAMED = "renamed"
+    COPIED = "copied"
+    TYPE_CHANGED = "type_changed"
+
+
+class Scope(StrEnum):
+    ALL = "all"
+    SELECTIVE = "selective"
+    BUILD_ONLY = "build_only"
+
+
+CONFIGURATION_FILES = frozenset(
+    {"dbt_project.yml", "profiles.yml", "packages.yml", "dependencies.yml", "selectors.yml"}
+)
+INFRASTRUCTURE_NAMES = frozenset({"Dockerfile", ".dockerignore", "requirements.txt", "pyproject.toml", "uv.lock"})
+_YAML = (".yml", ".yaml")
+# Categories whose files dbt builds and `path:` can select.
+SELECTABLE = frozenset({FileCategory.MODEL, FileCategory.TEST, FileCategory.SEED, FileCategory.SNAPSHOT})
+# Categories that can change any node: only a full build is safe.
+GLOBAL = frozenset({FileCategory.MACRO, FileCategory.CONFIGURATION})
+
+
+class FileChange(BaseModel):
+    """One changed file, with its path relative to the dbt project folder."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: str
+    change_type: ChangeType
+    category: FileCategory
+    old_path: str | None = None
+
+    @property
+    def is_removal(self) -> bool:
+        return self.change_type is ChangeType.DELETED
+
+
+class DbtScope(BaseModel):
+    """What dbt will do for a change set: the scope, why, and the exact selection."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    scope: Scope
+    reason: str
+    selection: tuple[str, ...] = ()
+    removed: tuple[str, ...] = Field(
+        default=(), description="Deleted or renamed-away models, seeds and snapshots: not selectable."
+    )
+
+    @property
+    def requires_dbt(self) -> bool:
+        return self.scope is not Scope.BUILD_ONLY
+
+
+def categorize_path(path: str) -> FileCategory:
+    """The category of a file, from its path relative to the dbt project folder.
+
+    Example: `categorize_path("models/marts/customers.sql")` is `FileCategory.MODEL`.
+    """
+    parts = PurePosixPath(path).parts
+    name = parts[-1]
+    top = parts[0] if len(parts) > 1 else ""
+    suffix = PurePosixPath(name).suffix
+    if len(parts) == 1 and name in CONFIGURATION_FILES:
+        return FileCategory.CONFIGURATION
+    if top == ".dagctl" or name in INFRASTRUCTURE_NAMES or fnmatch(name, "requirements*.txt"):
+        return FileCategory.INFRASTRUCTURE
+    if top == "models":
+        if suffix in (".sql", ".py"):
+            return FileCategory.MODEL
+        return FileCategory.TEST if suffix in _YAML else FileCategory.OTHER
+    if top == "tests":
+        # Generic tests under tests/generic are macros: any node may use them.
+        return FileCategory.MACRO if parts[1] == "generic" else FileCategory.TEST
+    return {
+        "macros": FileCategory.MACRO,
+        "seeds": FileCategory.SEED,
+        "snapshots": FileCategory.SNAPSHOT,
+        "analyses": FileCategory.ANALYSIS,
+    }.get(top, FileCategory.OTHER)
+
+
+def build_file_change(
+    path: str, change_type: ChangeType | str, old_path: str | None = None
+) -> FileChange:
+    """A `FileChange` with its category filled in."""
+    return FileChange(
+        path=path, change_type=ChangeType(change_type), category=categorize_path(path), old_path=old_path
+    )
+
+
+def build_dbt_scope(
+    changes: Sequence[FileChange], *, has_base: bool, include_downstream: bool = False
+) -> DbtScope:
+    """Decides the scope of a dbt plan from its changed files.
+
+    Example:
+        >>> build_dbt_scope([build_file_change("models/a.sql", "modified")], has_base=True).selection
+        ('path:models/a.sql',)
+    """
+    removed = _removed_nodes(changes)
+    if not has_base:
+        return DbtScope(
+            scope=Scope.ALL, reason="first deployment of this environment: full build", removed=removed
+        )
+    global_changes = sorted({c.category.value for c in changes if c.category in GLOBAL})
+    if global_changes:
+        return DbtScope(
+            scope=Scope.ALL,
+            reason=f"{' and '.join(global_changes)} changed: any node may be affected, full build",
+            removed=removed,
+        )
+    suffix = "+" if include_downstream else ""
+    selection = tuple(
+        f"path:{change.path}{suffix}"
+        for change in sorted(changes, key=lambda c: c.path)
+        if change.category in SELECTABLE and not change.is_removal
+    )
+    if selection:
+        downstream = " and their downstream nodes" if include_downstream else ""
+        return DbtScope(
+            scope=Scope.SELECTIVE,
+            reason=f"only models, tests, seeds or snapshots changed: builds the {len(selection)} "
+            f"changed file(s){downstream}",
+            selection=selection,
+            removed=removed,
+        )
+    if removed:
+        reason = "only removals: nothing to select, the image is rebuilt"
+    elif changes:
+        reason = "nothing dbt builds changed: the image is rebuilt, no dbt command runs"
+    else:
+        reason = "no file changed: the image is rebuilt, no dbt command runs"
+    return DbtScope(scope=Scope.BUILD_ONLY, reason=reason, removed=removed)
+
+
+def _removed_nodes(changes: Iterable[FileChange]) -> tuple[str, ...]:
+    removed = []
+    for change in changes:
+        if change.is_removal and change.category in SELECTABLE - {FileCategory.TEST}:
+            removed.append(change.path)
+        elif change.change_type is ChangeType.RENAMED and change.old_path:
+            if categorize_path(change.old_path) in SELECTABLE - {FileCategory.TEST}:
+                removed.append(change.old_path)
+    return tuple(sorted(removed))
+
+
+def build_dbt_commands(
+    commands: Sequence[Sequence[str]], scope: DbtScope, *, target: str, profiles_dir: str
+) -> tuple[tuple[str, ...], ...]:
+    """The exact dbt command lines a plan runs (argv lists), or none for `build_only`.
+
+    Example: `(("dbt", "build", "--target", "prod", "--profiles-dir", "/p", "--select", "path:models/a.sql"),)`.
+    """
+    if not scope.requires_dbt:
+        return ()
+    built = []
+    for argv in commands:
+        line = [*argv, "--target", target, "--profiles-dir", profiles_dir]
+        if scope.scope is Scope.SELECTIVE:
+            line += ["--select", *scope.selection]
+        built.append(tuple(line))
+    return tuple(built)

@@ -1,0 +1,285 @@
+"""The plan lifecycle, folded from events.
+
+Every transition of a plan is an event (`PlanEvent`) with its actor, time and reason, recorded in Dagster's
+event log on the plan's asset. Nothing else holds state: `fold_plans` turns the events of one project and
+environment into `PlanState` values, and that is what the UI summary, the sensors, `gate` and the CLI read.
+
+    explaining -> pending -> approved -> running -> completed | failed
+    side exits: rejected (by a reviewer, or auto-discarded with the reason), cancelled
+    failed -> running again on retry (at most `MAX_RETRIES` times, same pinned plan)
+
+`check_*` functions refuse invalid transitions with a message that says why; the fold itself is lenient
+(an event that does not apply is ignored) so one bad record can never hide the rest of the history.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict
+
+from .errors import DagctlTransitionError
+from .plan import PlanSpec
+
+MAX_RETRIES = 3
+
+
+class PlanStatus(StrEnum):
+    EXPLAINING = "explaining"
+    PENDING = "pending"
+    APPROVED = "approved"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    CANCELLED = "cancelled"
+
+
+class Decision(StrEnum):
+    APPROVE = "approve"
+    REJECT = "reject"
+    CANCEL = "cancel"
+    RETRY = "retry"
+
+
+class EventKind(StrEnum):
+    CREATED = "created"
+    STATUS = "status"
+    DECISION = "decision"
+
+
+# Which statuses each status may move to.
+TRANSITIONS: dict[PlanStatus, frozenset[PlanStatus]] = {
+    PlanStatus.EXPLAINING: frozenset({PlanStatus.PENDING, PlanStatus.APPROVED, PlanStatus.REJECTED,
+                                      PlanStatus.COMPLETED, PlanStatus.FAILED}),
+    PlanStatus.PENDING: frozenset({PlanStatus.APPROVED, PlanStatus.REJECTED, PlanStatus.CANCELLED}),
+    PlanStatus.APPROVED: frozenset({PlanStatus.RUNNING, PlanStatus.REJECTED, PlanStatus.CANCELLED}),
+    PlanStatus.RUNNING: frozenset({PlanStatus.COMPLETED, PlanStatus.FAILED, PlanStatus.REJECTED}),
+    PlanStatus.FAILED: frozenset({PlanStatus.RUNNING, PlanStatus.CANCELLED, PlanStatus.REJECTED}),
+    PlanStatus.COMPLETED: frozenset(),
+    PlanStatus.REJECTED: frozenset(),
+    PlanStatus.CANCELLED: frozenset(),
+}
+UNSTARTED = frozenset({PlanStatus.EXPLAINING, PlanStatus.PENDING, PlanStatus.APPROVED})
+
+
+class PlanEvent(BaseModel):
+    """One recorded fact about a plan.
+
+    Example: `PlanEvent(plan_id="jaffle-prod-3f2a9c1d", kind="decision", decision="approve", actor="alice",
+    at=now, fingerprint=spec.fingerprint)`.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    plan_id: str
+    kind: EventKind
+    at: datetime
+    actor: str
+    reason: str = ""
+    status: PlanStatus | None = None
+    decision: Decision | None = None
+    comment: str = ""
+    fingerprint: str | None = None
+    verified: bool = False
+    auto_discarded: bool = False
+    run_id: str | None = None
+    spec: PlanSpec | None = None
+
+
+class Approval(BaseModel):
+    """An approval decision as recorded (whether it still counts is the policy's call)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    actor: str
+    at: datetime
+    comment: str
+    fingerprint: str | None
+    verified: bool
+
+
+class HistoryEntry(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    at: datetime
+    actor: str
+    what: str
+    reason: str = ""
+    run_id: str | None = None
+
+
+class PlanState(BaseModel):
+    """A plan as it stands after folding its events."""
+
+    model_config = ConfigDict(frozen=True)
+
+    spec: PlanSpec
+    status: PlanStatus
+    reason: str = ""
+    auto_discarded: bool = False
+    approvals: tuple[Approval, ...] = ()
+    history: tuple[HistoryEntry, ...] = ()
+    retries: int = 0
+    executions: int = 0
+    run_ids: tuple[str, ...] = ()
+
+    @property
+    def plan_id(self) -> str:
+        return self.spec.plan_id
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in (PlanStatus.COMPLETED, PlanStatus.REJECTED, PlanStatus.CANCELLED)
+
+    @property
+    def has_started(self) -> bool:
+        return self.executions > 0
+
+    @property
+    def retries_left(self) -> int:
+        return max(0, MAX_RETRIES - self.retries)
+
+    @property
+    def updated_at(self) -> datetime:
+        return self.history[-1].at if self.history else self.spec.created_at
+
+
+def build_status_event(
+    state_or_id: PlanState | str,
+    status: PlanStatus,
+    *,
+    actor: str,
+    at: datetime,
+    reason: str = "",
+    run_id: str | None = None,
+    auto_discarded: bool = False,
+) -> PlanEvent:
+    """A status transition event (the caller checks it with `check_transition` first)."""
+    plan_id = state_or_id.plan_id if isinstance(state_or_id, PlanState) else state_or_id
+    return PlanEvent(
+        plan_id=plan_id, kind=EventKind.STATUS, status=status, actor=actor, at=at, reason=reason,
+        run_id=run_id, auto_discarded=auto_discarded,
+    )
+
+
+def build_created_event(spec: PlanSpec, *, run_id: str | None) -> PlanEvent:
+    return PlanEvent(
+        plan_id=spec.plan_id, kind=EventKind.CREATED, at=spec.created_at, actor=spec.author,
+        reason=f"explained by {spec.triggered_by}", run_id=run_id, spec=spec,
+        fingerprint=spec.fingerprint,
+    )
+
+
+def _apply(state: PlanState, event: PlanEvent) -> PlanState:
+    entry = HistoryEntry(at=event.at, actor=event.actor, what="", reason=event.reason, run_id=event.run_id)
+    if event.kind is EventKind.DECISION and event.decision is not None:
+        entry = entry.model_copy(update={"what": f"decision: {event.decision.value}"})
+        update: dict[str, object] = {"history": (*state.history, entry)}
+        if event.decision is Decision.APPROVE:
+            approval = Approval(actor=event.actor, at=event.at, comment=event.comment,
+                                fingerprint=event.fingerprint, verified=event.verified)
+            update["approvals"] = (*state.approvals, approval)
+        return state.model_copy(update=update)
+    if event.kind is not EventKind.STATUS or event.status is None:
+        return state
+    if event.status not in TRANSITIONS[state.status]:
+        return state
+    update = {
+        "status": event.status,
+        "reason": event.reason,
+        "auto_discarded": event.auto_discarded,
+        "history": (*state.history, entry.model_copy(update={"what": f"status: {event.status.value}"})),
+    }
+    if event.status is PlanStatus.RUNNING:
+        update["executions"] = state.executions + 1
+        if state.status is PlanStatus.FAILED:
+            update["retries"] = state.retries + 1
+    if event.run_id and event.run_id not in state.run_ids:
+        update["run_ids"] = (*state.run_ids, event.run_id)
+    return state.model_copy(update=update)
+
+
+def fold_plans(events: Iterable[PlanEvent]) -> dict[str, PlanState]:
+    """Folds events (in recorded order) into the state of each plan, keyed by plan id.
+
+    Events of a plan whose `created` event is missing are ignored: without the explained plan there is
+    nothing to approve or run.
+    """
+    states: dict[str, PlanState] = {}
+    for event in events:
+        if event.kind is EventKind.CREATED and event.spec is not None:
+            if event.plan_id in states:
+                continue
+            created = HistoryEntry(at=event.at, actor=event.actor, what="status: explaining",
+                                   reason=event.reason, run_id=event.run_id)
+            states[event.plan_id] = PlanState(
+                spec=event.spec, status=PlanStatus.EXPLAINING, history=(created,),
+                run_ids=(event.run_id,) if event.run_id else (),
+            )
+        elif event.plan_id in states:
+            states[event.plan_id] = _apply(states[event.plan_id], event)
+    return states
+
+
+def check_transition(state: PlanState, status: PlanStatus) -> None:
+    """Raises `DagctlTransitionError` saying why `state` cannot move to `status`."""
+    if status in TRANSITIONS[state.status]:
+        if status is PlanStatus.RUNNING and state.status is PlanStatus.FAILED and state.retries_left == 0:
+            raise DagctlTransitionError(
+                f"plan {state.plan_id} has failed and used all {MAX_RETRIES} retries; "
+                "create a new plan to try again"
+            )
+        return
+    reason = f": {state.reason}" if state.reason else ""
+    raise DagctlTransitionError(
+        f"plan {state.plan_id} is {state.status.value}{reason}; it cannot become {status.value}"
+    )
+
+
+_DECISION_ALLOWED: dict[Decision, frozenset[PlanStatus]] = {
+    Decision.APPROVE: frozenset({PlanStatus.PENDING}),
+    Decision.REJECT: frozenset({PlanStatus.PENDING, PlanStatus.APPROVED}),
+    Decision.CANCEL: frozenset({PlanStatus.PENDING, PlanStatus.APPROVED, PlanStatus.FAILED}),
+    Decision.RETRY: frozenset({PlanStatus.FAILED}),
+}
+_DECISION_HINT = {
+    Decision.APPROVE: "only pending plans can be approved",
+    Decision.REJECT: "only pending or approved plans that have not started can be rejected",
+    Decision.CANCEL: "only plans that are pending, approved or failed can be cancelled",
+    Decision.RETRY: "only failed plans can be retried",
+}
+
+
+def check_decision_state(state: PlanState, decision: Decision) -> None:
+    """Raises `DagctlTransitionError` when a reviewer's decision does not fit the plan's status."""
+    if state.status not in _DECISION_ALLOWED[decision]:
+        raise DagctlTransitionError(
+            f"cannot {decision.value} plan {state.plan_id}: it is {state.status.value} "
+            f"({_DECISION_HINT[decision]})"
+        )
+    if decision is Decision.RETRY and state.retries_left == 0:
+        raise DagctlTransitionError(
+            f"cannot retry plan {state.plan_id}: it already used all {MAX_RETRIES} retries; "
+            "create a new plan instead"
+        )
+
+
+def list_superseded(states: Sequence[PlanState], newer: PlanSpec) -> list[PlanState]:
+    """Plans of the same project and environment that a newer plan discards: those not yet started."""
+    return [
+        state for state in states
+        if state.plan_id != newer.plan_id
+        and state.spec.project == newer.project
+        and state.spec.environment == newer.environment
+        and state.status in UNSTARTED
+        and not state.has_started
+    ]
+
+
+def get_last_completed(states: Iterable[PlanState]) -> PlanState | None:
+    """The environment's deployed plan: the most recently completed one."""
+    completed = [state for state in states if state.status is PlanStatus.COMPLETED]
+    return max(completed, key=lambda state: state.updated_at, default=None)
