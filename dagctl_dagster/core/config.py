@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     StrictStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -111,6 +112,19 @@ class EnvironmentConfig(_Strict):
             return timedelta(**{_DURATION_UNITS[match.group(2)]: int(match.group(1))})
         return value
 
+    @field_validator("required_approvals")
+    @classmethod
+    def _enough_approvers(cls, value: int, info: ValidationInfo) -> int:
+        # A policy that needs more distinct approvers than it lists can never be met: plans would wait
+        # forever, so it is refused at load.
+        approvers = info.data.get("approvers") or ()
+        if approvers and value > len(set(approvers)):
+            raise ValueError(
+                f"needs {value} distinct approvals but only {len(set(approvers))} approver(s) are listed "
+                f"({', '.join(approvers)})"
+            )
+        return value
+
     @property
     def dbt_target(self) -> str:
         return self.target or self.name
@@ -196,21 +210,49 @@ class ProjectConfig(_Strict):
             raise ValueError("must be a folder inside the repository, e.g. 'analytics'")
         return cleaned
 
-    @model_validator(mode="after")
-    def _check_names(self) -> ProjectConfig:
-        names = [env.name for env in self.environments]
+    # Name checks are field validators, not one model validator, so each error's path names the field
+    # (`projects.0.environments`, `projects.0.schedules`) rather than just the project.
+    @field_validator("environments")
+    @classmethod
+    def _unique_environments(cls, value: tuple[EnvironmentConfig, ...]) -> tuple[EnvironmentConfig, ...]:
+        names = [env.name for env in value]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"environment names must be unique, repeated: {duplicates}")
-        for backend in [self.backend, *(env.backend for env in self.environments)]:
-            if isinstance(backend, KubernetesBackendConfig):
-                backend.check_framework(self.framework)
-        for schedule in self.schedules:
+        return value
+
+    @field_validator("schedules")
+    @classmethod
+    def _check_schedules(
+        cls, value: tuple[ScheduleConfig, ...], info: ValidationInfo
+    ) -> tuple[ScheduleConfig, ...]:
+        schedule_names = [schedule.name for schedule in value]
+        duplicates = sorted({name for name in schedule_names if schedule_names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"schedule names must be unique, repeated: {duplicates}")
+        framework = info.data.get("framework")
+        environments = info.data.get("environments")
+        for schedule in value:
+            if framework and not schedule.command.startswith(f"{framework}_"):
+                raise ValueError(
+                    f"schedule '{schedule.name}' runs {schedule.command}, which a {framework} project "
+                    "cannot run"
+                )
+            if environments is None:
+                continue  # the environments themselves are invalid and reported on their own
+            names = [env.name for env in environments]
             if schedule.environment not in names:
                 raise ValueError(
                     f"schedule '{schedule.name}' names environment '{schedule.environment}', "
                     f"which is not one of {names}"
                 )
+        return value
+
+    @model_validator(mode="after")
+    def _check_backends(self) -> ProjectConfig:
+        for backend in [self.backend, *(env.backend for env in self.environments)]:
+            if isinstance(backend, KubernetesBackendConfig):
+                backend.check_framework(self.framework)
         return self
 
     def get_environment(self, name: str) -> EnvironmentConfig:
@@ -238,13 +280,14 @@ class DeploymentConfig(_Strict):
         description="Where Git mirrors and snapshots live, relative to the config file or absolute.",
     )
 
-    @model_validator(mode="after")
-    def _unique_projects(self) -> DeploymentConfig:
-        names = [project.name for project in self.projects]
+    @field_validator("projects")
+    @classmethod
+    def _unique_projects(cls, value: tuple[ProjectConfig, ...]) -> tuple[ProjectConfig, ...]:
+        names = [project.name for project in value]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"project names must be unique, repeated: {duplicates}")
-        return self
+        return value
 
     def get_project(self, name: str) -> ProjectConfig:
         for project in self.projects:
@@ -262,9 +305,18 @@ class ProjectRepoConfig(_Strict):
 
 def format_validation_error(error: ValidationError) -> str:
     """One line per problem, each with its field path, e.g. `projects.0.environments: too short`."""
+    problems = error.errors()
+    locations = [tuple(problem["loc"]) for problem in problems]
     lines = []
-    for problem in error.errors():
-        path = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+    for problem in problems:
+        loc = tuple(problem["loc"])
+        # pydantic also reports a variadic tuple whose items failed as "too short" (its length is
+        # counted after validation); the items' own errors say what is wrong, so that echo is dropped.
+        if problem["type"] == "too_short" and any(
+            len(other) > len(loc) and other[: len(loc)] == loc for other in locations
+        ):
+            continue
+        path = ".".join(str(part) for part in loc) or "(top level)"
         lines.append(f"{path}: {problem['msg']}")
     return "; ".join(lines)
 

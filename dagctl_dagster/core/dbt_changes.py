@@ -137,7 +137,12 @@ def build_dbt_scope(
         return DbtScope(
             scope=Scope.ALL, reason="first deployment of this environment: full build", removed=removed
         )
-    global_changes = sorted({c.category.value for c in changes if c.category in GLOBAL})
+    # A macro renamed out of `macros/` is gone for every node, like a deleted one: a rename counts with the
+    # category it had before as well as the one it has now.
+    categories = {c.category for c in changes} | {
+        categorize_path(c.old_path) for c in changes if c.change_type is ChangeType.RENAMED and c.old_path
+    }
+    global_changes = sorted(category.value for category in categories & GLOBAL)
     if global_changes:
         return DbtScope(
             scope=Scope.ALL,
@@ -180,17 +185,20 @@ def _removed_nodes(changes: Iterable[FileChange]) -> tuple[str, ...]:
 
 
 def build_dbt_commands(
-    commands: Sequence[Sequence[str]], scope: DbtScope, *, target: str, profiles_dir: str
+    commands: Sequence[Sequence[str]], scope: DbtScope, *, target: str
 ) -> tuple[tuple[str, ...], ...]:
     """The exact dbt command lines a plan runs (argv lists), or none for `build_only`.
 
-    Example: `(("dbt", "build", "--target", "prod", "--profiles-dir", "/p", "--select", "path:models/a.sql"),)`.
+    The profiles folder is not part of the command line: each backend points `DBT_PROFILES_DIR` at its
+    own copy, so the approved command line is the same locally and in a pod.
+
+    Example: `(("dbt", "build", "--target", "prod", "--select", "path:models/a.sql"),)`.
     """
     if not scope.requires_dbt:
         return ()
     built = []
     for argv in commands:
-        line = [*argv, "--target", target, "--profiles-dir", profiles_dir]
+        line = [*argv, "--target", target]
         if scope.scope is Scope.SELECTIVE:
             line += ["--select", *scope.selection]
         built.append(tuple(line))

@@ -48,6 +48,7 @@ class EventKind(StrEnum):
     CREATED = "created"
     STATUS = "status"
     DECISION = "decision"
+    BUILT = "built"
 
 
 # Which statuses each status may move to.
@@ -86,6 +87,7 @@ class PlanEvent(BaseModel):
     verified: bool = False
     auto_discarded: bool = False
     run_id: str | None = None
+    artifact: str | None = None
     spec: PlanSpec | None = None
 
 
@@ -125,6 +127,8 @@ class PlanState(BaseModel):
     retries: int = 0
     executions: int = 0
     run_ids: tuple[str, ...] = ()
+    artifact: str | None = None
+    retry_requested: bool = False
 
     @property
     def plan_id(self) -> str:
@@ -175,6 +179,10 @@ def build_created_event(spec: PlanSpec, *, run_id: str | None) -> PlanEvent:
 
 def _apply(state: PlanState, event: PlanEvent) -> PlanState:
     entry = HistoryEntry(at=event.at, actor=event.actor, what="", reason=event.reason, run_id=event.run_id)
+    if event.kind is EventKind.BUILT:
+        what = f"built: {event.artifact}"
+        return state.model_copy(update={"artifact": event.artifact,
+                                        "history": (*state.history, entry.model_copy(update={"what": what}))})
     if event.kind is EventKind.DECISION and event.decision is not None:
         entry = entry.model_copy(update={"what": f"decision: {event.decision.value}"})
         update: dict[str, object] = {"history": (*state.history, entry)}
@@ -182,6 +190,8 @@ def _apply(state: PlanState, event: PlanEvent) -> PlanState:
             approval = Approval(actor=event.actor, at=event.at, comment=event.comment,
                                 fingerprint=event.fingerprint, verified=event.verified)
             update["approvals"] = (*state.approvals, approval)
+        if event.decision is Decision.RETRY and state.status is PlanStatus.FAILED:
+            update["retry_requested"] = True
         return state.model_copy(update=update)
     if event.kind is not EventKind.STATUS or event.status is None:
         return state
@@ -193,6 +203,7 @@ def _apply(state: PlanState, event: PlanEvent) -> PlanState:
         "auto_discarded": event.auto_discarded,
         "history": (*state.history, entry.model_copy(update={"what": f"status: {event.status.value}"})),
     }
+    update["retry_requested"] = False
     if event.status is PlanStatus.RUNNING:
         update["executions"] = state.executions + 1
         if state.status is PlanStatus.FAILED:
@@ -280,6 +291,21 @@ def list_superseded(states: Sequence[PlanState], newer: PlanSpec) -> list[PlanSt
 
 
 def get_last_completed(states: Iterable[PlanState]) -> PlanState | None:
-    """The environment's deployed plan: the most recently completed one."""
-    completed = [state for state in states if state.status is PlanStatus.COMPLETED]
-    return max(completed, key=lambda state: state.updated_at, default=None)
+    """The environment's deployed plan: the most recently completed one.
+
+    Plans are ordered by when they completed, not by their latest event: a decision or note recorded on an
+    old completed plan afterwards must not make it the deployed plan again (and so the base of the next).
+    On equal times the plan created later wins.
+    """
+    completed_what = f"status: {PlanStatus.COMPLETED.value}"
+    last: PlanState | None = None
+    last_at: datetime | None = None
+    for state in states:
+        if state.status is not PlanStatus.COMPLETED:
+            continue
+        completed_at = max(
+            (entry.at for entry in state.history if entry.what == completed_what), default=state.updated_at
+        )
+        if last_at is None or completed_at >= last_at:
+            last, last_at = state, completed_at
+    return last

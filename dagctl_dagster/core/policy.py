@@ -133,11 +133,13 @@ def check_approval(
     actor: str,
     code: str | None,
     get_secret: Callable[[str], str | None],
+    now: datetime | None = None,
 ) -> bool:
     """Refuses an approval the policy would never count; returns whether it is verified.
 
     Raises `DagctlPolicyError` for: an empty actor, self-approval, an actor who is not an approver, a
-    second approval by the same actor, and (in verifiable mode) a missing or wrong code.
+    second approval by the same actor, and (in verifiable mode) a missing or wrong code. With `now`, an
+    approval that expired (`approval_ttl`) is not a duplicate: its approver may approve again.
     """
     if not actor.strip():
         raise DagctlPolicyError(f"plan {spec.plan_id}: an approval needs an actor name")
@@ -151,7 +153,12 @@ def check_approval(
         raise DagctlPolicyError(
             f"{actor} is not an approver of environment '{env.name}' (approvers: {', '.join(allowed)})"
         )
-    if any(a.actor == actor and a.fingerprint == spec.fingerprint for a in approvals):
+    if any(
+        a.actor == actor
+        and a.fingerprint == spec.fingerprint
+        and not (now is not None and env.approval_ttl is not None and now - a.at > env.approval_ttl)
+        for a in approvals
+    ):
         raise DagctlPolicyError(f"{actor} has already approved plan {spec.plan_id}")
     verified = is_valid_approval_code(get_secret(approver_secret_env(actor)), spec.plan_id,
                                       spec.fingerprint, code)

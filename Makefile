@@ -1,0 +1,37 @@
+# Two commands on a fresh machine with Python 3.11+: `make demo` and `make test`.
+# Both install what they need (uv, then the locked dependencies) first.
+
+PYTHON ?= python3
+UV_VERSION := 0.13.8
+UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+export UV_PYTHON ?= 3.11
+# Telemetry of Dagster, dbt and SQLMesh stays off in tests and in the demo.
+export DAGSTER_DISABLE_TELEMETRY := 1
+export DBT_SEND_ANONYMOUS_USAGE_STATS := false
+export SQLMESH__DISABLE_ANONYMIZED_ANALYTICS := 1
+export DO_NOT_TRACK := 1
+
+.PHONY: install demo test test-kind bench clean
+
+$(UV):
+	$(PYTHON) -m pip install --user --quiet "uv==$(UV_VERSION)" || $(PYTHON) -m pip install --quiet "uv==$(UV_VERSION)"
+
+install: $(UV)
+	$(UV) sync --frozen
+
+demo: install
+	bash scripts/demo.sh
+
+test: install
+	bash scripts/test-deps.sh
+	$(UV) run --frozen pytest -q -p no:randomly --timeout=600 $(PYTEST_ARGS)
+
+test-kind: install
+	$(UV) run --frozen pytest -q -m kind tests/kind
+
+bench: install
+	$(UV) run --frozen python benchmarks/bench_dbt_detect.py
+	$(UV) run --frozen python benchmarks/bench_sqlmesh.py
+
+clean:
+	rm -rf .demo .dagster_home .dagctl-data

@@ -1,0 +1,644 @@
+"""Git mirrors: one local bare copy of each project's repository, kept current incrementally.
+
+Every question dagctl asks about a project (which commit is the branch head, what changed between two commits,
+what a file said at a commit, what to build) is answered from a local bare mirror of the project's repository.
+The mirror is created once, then only fetched when `git ls-remote` shows that the tracked branch moved, so a
+sensor tick costs one cheap network round trip and a plan never clones anything. Snapshots of a commit's files
+are exported from the mirror with `git archive` into a directory that is never modified after it is written.
+
+Credentials come from the process environment only (`DAGCTL_GIT_SSH_KEY`, `DAGCTL_GIT_TOKEN`), never from the
+deployment config; `git_environment` turns them into settings that git reads at run time, so a token never
+appears on a command line or in a file. Git never prompts (`GIT_TERMINAL_PROMPT=0`), and every message we
+build from git's output is scrubbed of credentials embedded in URLs.
+
+This module never writes to the remote repository.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import shlex
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import git
+
+from ..core.errors import DagctlGitError
+
+SSH_KEY_VARIABLE = "DAGCTL_GIT_SSH_KEY"
+TOKEN_VARIABLE = "DAGCTL_GIT_TOKEN"
+
+# A network command (ls-remote, fetch) that has not finished after this long is killed: a hung connection
+# must fail the tick, not block the sensor forever.
+NETWORK_TIMEOUT_SECONDS = 600.0
+
+# The tree with no entries; git knows it without it being stored, so it serves as the base of a first diff.
+_EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
+
+# Only branches are mirrored: `clone --mirror` would also copy e.g. GitHub's refs/pull/*, which can be huge.
+_BRANCHES_REFSPEC = "+refs/heads/*:refs/heads/*"
+
+_CHANGE_TYPES = {
+    "A": "added",
+    "M": "modified",
+    "D": "deleted",
+    "R": "renamed",
+    "C": "copied",
+    "T": "type_changed",
+}
+
+# `scheme://userinfo@` in any text; the userinfo ends at the last `@` before the path.
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/\s?#]*)@")
+
+# Longest excerpt of git's error output quoted in a message.
+_MAX_STDERR_CHARS = 2000
+
+# The credential helper answers `get` with the token read from the environment when git runs it, so the token
+# itself is never part of the helper's definition, of argv or of a config file.
+_TOKEN_CREDENTIAL_HELPER = (
+    f'!f() {{ test "$1" = get || return 0; echo username=x-access-token; echo "password=${TOKEN_VARIABLE}"; }}; f'
+)
+
+
+@dataclass(frozen=True)
+class CommitInfo:
+    """Who made a commit, when, and its subject.
+
+    Example: `mirror.commit_info("main")` ->
+    `CommitInfo(sha="3f1c...", short_sha="3f1c2a9b7d10", message="Add orders model", author="Ann <ann@x.io>",
+    author_name="Ann", authored_at=datetime(2024, 5, 1, 12, 0, tzinfo=UTC))`.
+    """
+
+    sha: str
+    short_sha: str
+    message: str
+    author: str
+    author_name: str
+    authored_at: datetime
+
+
+@dataclass(frozen=True)
+class DiffEntry:
+    """One changed file between two commits, as `git diff --name-status -M` reports it.
+
+    `change_type` is one of `added`, `modified`, `deleted`, `renamed`, `copied`, `type_changed`. `path` is the
+    new path (the old one for `deleted`); `old_path` is the previous path of a renamed or copied file.
+
+    Example: `DiffEntry(change_type="renamed", path="models/orders.sql", old_path="models/order.sql")`.
+    """
+
+    change_type: str
+    path: str
+    old_path: str | None = None
+
+
+def redact_url(url: str) -> str:
+    """`url` (or any text containing URLs) without the credentials embedded in it, for logs and errors.
+
+    The user name alone is kept for `ssh://` URLs, where it is not a secret (`ssh://git@host/repo.git`).
+
+    Example: `redact_url("https://x-access-token:s3cret@github.com/acme/dbt.git")` is
+    `"https://github.com/acme/dbt.git"`.
+    """
+
+    def strip(match: re.Match[str]) -> str:
+        scheme, userinfo = match.group("scheme"), match.group("userinfo")
+        if scheme.lower() in ("ssh://", "git+ssh://", "ssh+git://") and ":" not in userinfo:
+            return match.group(0)
+        return scheme
+
+    return _URL_USERINFO.sub(strip, url)
+
+
+def git_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for git processes: `base` (default `os.environ`) plus credentials and no prompts.
+
+    - `DAGCTL_GIT_SSH_KEY=/path/to/key`: `GIT_SSH_COMMAND` uses that key only, and accepts a new host key once.
+    - `DAGCTL_GIT_TOKEN=<token>`: for https URLs, a credential helper passed through `GIT_CONFIG_*` variables
+      answers with user `x-access-token` and the token, read from the environment when git runs it. Helpers
+      configured elsewhere are switched off, so the token is never stored (e.g. by `credential.helper=store`).
+    - Always `GIT_TERMINAL_PROMPT=0`: git fails instead of waiting for a password.
+
+    Example: `GitMirror(url, path, env=git_environment({**os.environ, "GIT_TRACE": "1"}))` runs git with the
+    credentials of this process and traces its commands; `git_environment()["GIT_TERMINAL_PROMPT"]` is `"0"`.
+    """
+    env = dict(os.environ if base is None else base)
+    env["GIT_TERMINAL_PROMPT"] = "0"
+    ssh_key = env.get(SSH_KEY_VARIABLE)
+    if ssh_key:
+        env["GIT_SSH_COMMAND"] = (
+            f"ssh -i {shlex.quote(ssh_key)} -o IdentitiesOnly=yes -o StrictHostKeyChecking=accept-new"
+        )
+    if env.get(TOKEN_VARIABLE):
+        # Append to configuration already passed this way instead of replacing it.
+        index = int(env.get("GIT_CONFIG_COUNT") or 0)
+        # An empty value first resets the list of helpers configured in files.
+        for offset, helper in enumerate(("", _TOKEN_CREDENTIAL_HELPER)):
+            env[f"GIT_CONFIG_KEY_{index + offset}"] = "credential.helper"
+            env[f"GIT_CONFIG_VALUE_{index + offset}"] = helper
+        env["GIT_CONFIG_COUNT"] = str(index + 2)
+    return env
+
+
+def _normalize_subdirectory(subdirectory: str | None) -> str | None:
+    cleaned = (subdirectory or "").strip().strip("/")
+    return None if cleaned in ("", ".") else cleaned
+
+
+def _relative_to(path: str, subdirectory: str | None) -> str:
+    if subdirectory and path.startswith(f"{subdirectory}/"):
+        return path[len(subdirectory) + 1 :]
+    return path
+
+
+def _parse_name_status(output: str, subdirectory: str | None) -> list[DiffEntry]:
+    """Parse `git diff --name-status -z`: a status, then one path (two for renames and copies), NUL-separated."""
+    fields = output.split("\0")
+    entries: list[DiffEntry] = []
+    position = 0
+    while position < len(fields) and fields[position]:
+        status = fields[position]
+        letter = status[0]
+        if letter in ("R", "C"):
+            old_path, path = fields[position + 1], fields[position + 2]
+            position += 3
+            entries.append(
+                DiffEntry(
+                    change_type=_CHANGE_TYPES[letter],
+                    path=_relative_to(path, subdirectory),
+                    old_path=_relative_to(old_path, subdirectory),
+                )
+            )
+            continue
+        path = fields[position + 1]
+        position += 2
+        # Statuses outside the table (U unmerged, X unknown) cannot occur between two commits.
+        change_type = _CHANGE_TYPES.get(letter, "modified")
+        entries.append(DiffEntry(change_type=change_type, path=_relative_to(path, subdirectory)))
+    return sorted(entries, key=lambda entry: (entry.path, entry.old_path or ""))
+
+
+class GitMirror:
+    """One local bare mirror of a project's repository, fetched incrementally (never a full clone per tick).
+
+    All reads (`resolve`, `read_file`, `diff`, `export_snapshot`...) use the mirror only; the network is used by
+    `ensure` (first time), `remote_head` and `fetch`. Several processes may share one mirror: creating and
+    fetching it are serialized by a lock file next to it.
+
+    Args:
+        url: the repository URL as git accepts it (https, ssh, scp-like or a local path).
+        mirror_dir: where the bare repository lives; created by the first `ensure()`.
+        env: the environment of git processes; default `git_environment()`. `GIT_TERMINAL_PROMPT=0` is always
+            added.
+
+    Example:
+        ```python
+        mirror = GitMirror("https://github.com/acme/analytics.git", Path("/var/dagctl/mirrors/analytics"))
+        head = mirror.refresh_branch("main")
+        changes = mirror.diff(last_deployed, head, subdirectory="dbt")
+        project_dir = mirror.export_snapshot(head, Path(f"/var/dagctl/snapshots/{head}"), subdirectory="dbt")
+        ```
+    """
+
+    def __init__(self, url: str, mirror_dir: Path, *, env: Mapping[str, str] | None = None) -> None:
+        if not url or url.startswith("-"):
+            raise DagctlGitError(
+                f"Invalid Git repository URL {redact_url(url)!r}: give an https, ssh or scp-like URL "
+                "(or a local path) in the project's `repository`."
+            )
+        self.url = url
+        self.mirror_dir = Path(mirror_dir)
+        self._env = {**(git_environment() if env is None else env), "GIT_TERMINAL_PROMPT": "0"}
+        # Values that must never reach a message: the token and a password embedded in the URL.
+        self._secrets = [
+            secret
+            for secret in (self._env.get(TOKEN_VARIABLE), *_url_passwords(url))
+            if secret and len(secret) >= 3
+        ]
+
+    def __repr__(self) -> str:
+        return f"GitMirror({redact_url(self.url)!r}, {str(self.mirror_dir)!r})"
+
+    @property
+    def display_url(self) -> str:
+        """The repository URL without credentials, as shown in logs and errors."""
+        return redact_url(self.url)
+
+    # -- network ---------------------------------------------------------------------------------------------
+
+    def ensure(self) -> None:
+        """Create the mirror if it does not exist yet (a full fetch of all branches); otherwise do nothing.
+
+        The mirror is built in a temporary directory and renamed into place, so a crash never leaves a half
+        mirror behind, and a lock file keeps two processes from building it at once. Unlike `git clone`, the
+        URL is not written into the mirror's config, so credentials embedded in it are never stored.
+
+        Example: `GitMirror(url, Path("/tmp/mirror")).ensure()` leaves a bare repository in `/tmp/mirror`.
+        """
+        if self.exists():
+            return
+        with self._lock():
+            if self.exists():  # Another process built it while we waited for the lock.
+                return
+            prefix = f".{self.mirror_dir.name}.building-"
+            building = Path(tempfile.mkdtemp(prefix=prefix, dir=self.mirror_dir.parent))
+            try:
+                self._run(["init", "--bare", "--quiet", str(building)], in_mirror=False, action="create a mirror of")
+                self._fetch_into(building)
+                os.rename(building, self.mirror_dir)
+            except BaseException:
+                shutil.rmtree(building, ignore_errors=True)
+                raise
+
+    def exists(self) -> bool:
+        """Whether the mirror has been created (by `ensure`).
+
+        Example: `GitMirror(url, tmp_path / "m").exists()` is `False` until `ensure()` ran.
+        """
+        return (self.mirror_dir / "HEAD").is_file()
+
+    def remote_head(self, branch: str) -> str:
+        """The sha at the head of `branch` on the remote, asked with `git ls-remote` (nothing is fetched).
+
+        Raises:
+            DagctlGitError: the remote is unreachable or has no such branch.
+
+        Example: `mirror.remote_head("main")` -> `"3f1c2a9b7d10..."` (40 hex digits).
+        """
+        _check_ref_argument(branch, "branch", self.display_url)
+        ref = f"refs/heads/{branch}"
+        output = self._run(
+            ["ls-remote", self.url, ref],
+            in_mirror=False,
+            action=f"read the head of branch '{branch}' from",
+            network=True,
+        )
+        for line in output.splitlines():
+            sha, _, name = line.partition("\t")
+            if name == ref:
+                return sha
+        raise DagctlGitError(
+            f"Branch '{branch}' does not exist in {self.display_url}: push the branch, or fix the project's "
+            "branch in the deployment config."
+        )
+
+    def fetch(self) -> None:
+        """Fetch all branches into the mirror: new commits only, moved and deleted branches follow the remote.
+
+        Raises:
+            DagctlGitError: the mirror does not exist (call `ensure()`), or the remote is unreachable.
+
+        Example: `mirror.fetch()` after a push makes `mirror.resolve("main")` return the pushed sha.
+        """
+        self._require_mirror()
+        with self._lock():
+            self._fetch_into(self.mirror_dir)
+
+    def refresh_branch(self, branch: str) -> str:
+        """The head of `branch`, present in the mirror; fetches only when the remote head moved.
+
+        Raises:
+            DagctlGitError: the remote is unreachable or has no such branch.
+
+        Example: `mirror.refresh_branch("main")` on a quiet repository costs one `git ls-remote`.
+        """
+        self.ensure()
+        remote = self.remote_head(branch)
+        if self._local_branch(branch) == remote:
+            return remote
+        self.fetch()
+        local = self._local_branch(branch)
+        if local is None:
+            raise DagctlGitError(
+                f"Branch '{branch}' disappeared from {self.display_url} while it was being fetched: "
+                "check that the branch still exists, then try again."
+            )
+        # The branch may have moved again between ls-remote and fetch; what the mirror holds is what we can use.
+        return local
+
+    # -- reads from the mirror -------------------------------------------------------------------------------
+
+    def resolve(self, ref: str) -> str:
+        """The full sha of a commit in the mirror, from a branch name, a sha or an unambiguous short sha.
+
+        Raises:
+            DagctlGitError: nothing in the mirror matches `ref` (or a short sha is ambiguous).
+
+        Example: `mirror.resolve("3f1c2a9")` -> `"3f1c2a9b7d10..."`; `mirror.resolve("main")` -> the branch head.
+        """
+        _check_ref_argument(ref, "commit", self.display_url)
+        self._require_mirror()
+        status, output, _ = self._execute(["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"])
+        if status != 0 or not output.strip():
+            raise DagctlGitError(
+                f"Commit or branch '{ref}' is not in the mirror of {self.display_url}: check the sha or the "
+                "branch name, and that it was pushed (the mirror is refreshed from the tracked branches)."
+            )
+        return output.strip()
+
+    def has_commit(self, sha: str) -> bool:
+        """Whether the commit `sha` (full or short) is in the mirror; `False` if the mirror does not exist.
+
+        Example: `mirror.has_commit(mirror.remote_head("main"))` is `False` until the mirror is fetched.
+        """
+        if not sha or sha.startswith("-") or not self.exists():
+            return False
+        status, _, _ = self._execute(["cat-file", "-e", f"{sha}^{{commit}}"])
+        return status == 0
+
+    def read_file(self, commit: str, path: str) -> str | None:
+        """The text of the file `path` (relative to the repository root) at `commit`; `None` if it is absent.
+
+        Raises:
+            DagctlGitError: the commit is not in the mirror, or the file is not UTF-8 text.
+
+        Example: `mirror.read_file("main", ".dagctl/config.yaml")` -> `"version: 3\\n..."`.
+        """
+        sha = self.resolve(commit)
+        path = path.strip().lstrip("/").removeprefix("./")
+        status, content, _ = self._execute(["cat-file", "blob", f"{sha}:{path}"], text=False)
+        if status != 0:
+            return None  # The commit is known, so a failure means there is no such file (or it is a directory).
+        try:
+            return content.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise DagctlGitError(
+                f"File '{path}' at commit {sha[:12]} of {self.display_url} is not UTF-8 text: "
+                "save it as UTF-8."
+            ) from error
+
+    def commit_info(self, commit: str) -> CommitInfo:
+        """Sha, subject, author and author date (UTC) of a commit in the mirror.
+
+        `short_sha` is always the first 12 hex digits, not git's abbreviation, which grows with the repository
+        and would make names built from it (image tags, folders) change over time.
+
+        Raises:
+            DagctlGitError: the commit is not in the mirror.
+
+        Example: `mirror.commit_info("main").author` -> `"Ann <ann@acme.io>"`.
+        """
+        sha = self.resolve(commit)
+        output = self._run(["show", "--no-patch", "--format=%H%x00%s%x00%an%x00%ae%x00%aI", sha], action="read")
+        full_sha, subject, name, email, authored = output.strip().split("\0")
+        return CommitInfo(
+            sha=full_sha,
+            short_sha=full_sha[:12],
+            message=subject,
+            author=f"{name} <{email}>",
+            author_name=name,
+            authored_at=datetime.fromisoformat(authored).astimezone(UTC),
+        )
+
+    def commits_ahead(self, base: str, target: str) -> int:
+        """How many commits `target` has that `base` has not (`git rev-list --count base..target`).
+
+        Raises:
+            DagctlGitError: either commit is not in the mirror.
+
+        Example: `mirror.commits_ahead(last_deployed, "main")` -> `3`.
+        """
+        base_sha, target_sha = self.resolve(base), self.resolve(target)
+        return int(self._run(["rev-list", "--count", f"{base_sha}..{target_sha}"], action="count commits in"))
+
+    def diff(self, base: str | None, target: str, *, subdirectory: str | None = None) -> list[DiffEntry]:
+        """The files changed from `base` to `target`, with rename detection, sorted by path.
+
+        With `subdirectory`, only files under it are listed and paths are relative to it; a file moved into or
+        out of the subdirectory is `added` or `deleted` from its point of view. A `base` of `None` diffs
+        against the empty tree: every file is `added`. One `git diff` process, whatever the size of the change.
+
+        Raises:
+            DagctlGitError: either commit is not in the mirror.
+
+        Example: `mirror.diff("v1", "main", subdirectory="dbt")` ->
+        `[DiffEntry("modified", "models/orders.sql", None), DiffEntry("renamed", "seeds/b.csv", "seeds/a.csv")]`.
+        """
+        self._require_mirror()
+        for ref in (base, target):
+            if ref is not None:
+                _check_ref_argument(ref, "commit", self.display_url)
+        subdirectory = _normalize_subdirectory(subdirectory)
+        args = [
+            "diff",
+            "--name-status",
+            "-z",
+            "-M",
+            "--no-ext-diff",
+            "--no-relative",
+            base if base is not None else _EMPTY_TREE,
+            target,
+            "--",
+        ]
+        if subdirectory:
+            # A pathspec (not `--relative`) so rename detection only pairs files inside the subdirectory.
+            args.append(f":(top,literal){subdirectory}/")
+        status, output, stderr = self._execute(args)
+        if status != 0:
+            # Find which side is unknown only on failure, to keep the common path to one process.
+            if base is not None:
+                self.resolve(base)
+            self.resolve(target)
+            raise self._error(f"diff {base} and {target} in", stderr, hint="check both commits")
+        return _parse_name_status(output, subdirectory)
+
+    def tree_id(self, commit: str, subdirectory: str | None = None) -> str:
+        """The id of the tree of `commit` (or of its `subdirectory`): a content hash of the snapshot.
+
+        Two commits with the same tree id have exactly the same files, so it can key caches of builds.
+
+        Raises:
+            DagctlGitError: the commit is not in the mirror, or the subdirectory does not exist at that commit.
+
+        Example: `mirror.tree_id("main", "dbt")` -> `"9c4e..."` (40 hex digits).
+        """
+        sha = self.resolve(commit)
+        subdirectory = _normalize_subdirectory(subdirectory)
+        if not subdirectory:
+            return self._run(["rev-parse", "--verify", f"{sha}^{{tree}}"], action="read").strip()
+        # `ls-tree -d` lists the directory itself with its type; a file of that name is not listed.
+        output = self._run(
+            ["ls-tree", "-d", "-z", "--full-tree", sha, "--", f":(literal){subdirectory}"], action="read"
+        )
+        for entry in output.split("\0"):
+            info, _, name = entry.partition("\t")
+            if name == subdirectory and info.split(" ")[1:2] == ["tree"]:
+                return info.split(" ")[2]
+        raise DagctlGitError(
+            f"Directory '{subdirectory}' does not exist at commit {sha[:12]} of {self.display_url}: "
+            "fix the project's subdirectory in the deployment config, or check the commit."
+        )
+
+    def export_snapshot(self, commit: str, destination: Path, *, subdirectory: str | None = None) -> Path:
+        """Write the files of `commit` (only `subdirectory`'s, as the root, when given) to `destination`.
+
+        The snapshot has no `.git` and is never modified after it is written: it is extracted next to
+        `destination` and renamed into place, so a reader never sees half a snapshot. If `destination` already
+        exists it is reused as it is, so name it after the commit (or `tree_id`). Entries that would escape the
+        snapshot (absolute or outward symlinks) are refused.
+
+        Raises:
+            DagctlGitError: the commit or the subdirectory does not exist, or the archive cannot be extracted.
+
+        Example: `mirror.export_snapshot(sha, Path(f"/snapshots/{sha}"), subdirectory="dbt")` -> that path,
+        holding `dbt_project.yml`, `models/`...
+        """
+        destination = Path(destination)
+        if destination.exists():
+            return destination
+        tree = self.tree_id(commit, subdirectory)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        extracting = Path(tempfile.mkdtemp(prefix=f".{destination.name}.extracting-", dir=destination.parent))
+        try:
+            self._extract_archive(tree, extracting, commit=commit)
+            extracting.chmod(0o755)  # mkdtemp makes it private; a snapshot is read by other users (pods).
+            try:
+                os.rename(extracting, destination)
+            except OSError:
+                if not destination.exists():
+                    raise
+                shutil.rmtree(extracting, ignore_errors=True)  # Another process exported it first.
+        except BaseException:
+            shutil.rmtree(extracting, ignore_errors=True)
+            raise
+        return destination
+
+    # -- internals -------------------------------------------------------------------------------------------
+
+    def _fetch_into(self, git_dir: Path) -> None:
+        self._run(
+            ["fetch", "--quiet", "--prune", "--no-tags", "--no-recurse-submodules", self.url, _BRANCHES_REFSPEC],
+            git_dir=git_dir,
+            action="fetch branches from",
+            network=True,
+        )
+
+    def _local_branch(self, branch: str) -> str | None:
+        status, output, _ = self._execute(["rev-parse", "--verify", "--quiet", f"refs/heads/{branch}^{{commit}}"])
+        return output.strip() if status == 0 and output.strip() else None
+
+    def _extract_archive(self, tree: str, directory: Path, *, commit: str) -> None:
+        process = self._git(self.mirror_dir).execute(
+            ["git", "archive", "--format=tar", tree], as_process=True, env=self._mirror_env(self.mirror_dir)
+        )
+        try:
+            with tarfile.open(fileobj=process.proc.stdout, mode="r|") as archive:
+                # "data" refuses absolute paths, links leading outside the snapshot and device files.
+                archive.extractall(directory, filter="data")
+            process.wait()
+        except (tarfile.TarError, git.GitCommandError, OSError) as error:
+            process.proc.kill()
+            process.proc.wait()
+            raise DagctlGitError(
+                f"Cannot export commit '{commit}' of {self.display_url} to {directory.parent}: "
+                f"{self._scrub(str(getattr(error, 'stderr', '') or error))}. Check free disk space, and that the "
+                "repository has no links pointing outside the project."
+            ) from error
+
+    def _run(
+        self,
+        args: Sequence[str],
+        *,
+        action: str,
+        in_mirror: bool = True,
+        git_dir: Path | None = None,
+        network: bool = False,
+    ) -> str:
+        """Run git and return its output; on failure a `DagctlGitError` saying what we tried on which URL."""
+        status, output, stderr = self._execute(args, in_mirror=in_mirror, git_dir=git_dir, network=network)
+        if status != 0:
+            hint = (
+                "check the URL, the network and the credentials (DAGCTL_GIT_SSH_KEY or DAGCTL_GIT_TOKEN in the "
+                "environment)"
+                if network
+                else f"check the mirror in {self.mirror_dir} (delete it to rebuild it from the remote)"
+            )
+            raise self._error(action, stderr, hint=hint)
+        return output
+
+    def _execute(
+        self,
+        args: Sequence[str],
+        *,
+        in_mirror: bool = True,
+        git_dir: Path | None = None,
+        network: bool = False,
+        text: bool = True,
+    ) -> tuple[int, str, str] | tuple[int, bytes, str]:
+        directory = git_dir or (self.mirror_dir if in_mirror else None)
+        env = self._mirror_env(directory) if directory else self._env
+        return self._git(directory).execute(
+            ["git", *args],
+            env=env,
+            with_extended_output=True,
+            with_exceptions=False,
+            stdout_as_string=text,
+            strip_newline_in_stdout=False,
+            kill_after_timeout=NETWORK_TIMEOUT_SECONDS if network else None,
+        )
+
+    def _mirror_env(self, git_dir: Path) -> dict[str, str]:
+        # An explicit GIT_DIR: no discovery from the working directory, whatever it is.
+        return {**self._env, "GIT_DIR": str(git_dir)}
+
+    @staticmethod
+    def _git(directory: Path | None) -> git.Git:
+        return git.Git(str(directory) if directory else None)
+
+    def _error(self, action: str, stderr: str, *, hint: str) -> DagctlGitError:
+        detail = self._scrub(stderr).strip()
+        if len(detail) > _MAX_STDERR_CHARS:
+            detail = "..." + detail[-_MAX_STDERR_CHARS:]
+        return DagctlGitError(
+            f"Cannot {action} {self.display_url}: {detail or 'git failed without a message'}. Hint: {hint}."
+        )
+
+    def _scrub(self, text: str) -> str:
+        text = redact_url(text)
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def _require_mirror(self) -> None:
+        if not self.exists():
+            raise DagctlGitError(
+                f"The mirror of {self.display_url} does not exist in {self.mirror_dir}: call ensure() "
+                "(or refresh_branch()) first."
+            )
+
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        # `<name>.lock` rather than `with_suffix(".lock")`: mirror names like `github.com_acme_dbt` have dots.
+        lock_path = self.mirror_dir.with_name(f"{self.mirror_dir.name}.lock")
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "a") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def _url_passwords(url: str) -> list[str]:
+    match = _URL_USERINFO.search(url)
+    if not match:
+        return []
+    user, _, password = match.group("userinfo").partition(":")
+    if password:
+        return [password]
+    # A user alone is a secret in http(s) URLs (`https://<token>@github.com/...`), not in ssh ones (`git@`).
+    return [user] if match.group("scheme").lower() in ("http://", "https://") else []
+
+
+def _check_ref_argument(ref: str, kind: str, display_url: str) -> None:
+    # A leading dash would be read by git as an option.
+    if not ref or ref.startswith("-") or any(character.isspace() or character == "\0" for character in ref):
+        raise DagctlGitError(f"Invalid {kind} name {ref!r} for {display_url}: give a branch name or a commit sha.")

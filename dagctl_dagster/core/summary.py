@@ -1,0 +1,98 @@
+"""The reviewer's view of a plan: a markdown summary readable in ten seconds.
+
+Rendered from the folded plan state and the policy result, so it always shows the current status, who
+approved, who still must, whether approvals were verified, and the launchpad config to paste to approve.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from .dbt_changes import Scope
+from .lifecycle import PlanState, PlanStatus
+from .plan import PlanSpec
+from .policy import PolicyResult
+
+REVIEW_JOB_NAME = "dagctl_review_job"
+MAX_FILES_SHOWN = 50
+
+
+def render_review_config(plan_id: str, decision: str = "approve") -> str:
+    """The launchpad run config of the review job for one decision."""
+    return (
+        "ops:\n  review:\n    config:\n"
+        f"      plan_id: {plan_id}\n      decision: {decision}\n"
+        "      actor: <your name>\n      comment: \"\"\n"
+    )
+
+
+def _render_change_set(spec: PlanSpec) -> list[str]:
+    lines: list[str] = []
+    if spec.dbt_scope is not None:
+        scope = spec.dbt_scope
+        lines.append(f"**Scope:** `{scope.scope.value}`: {scope.reason}")
+        if scope.scope is Scope.SELECTIVE:
+            lines.append(f"**Selection:** `{' '.join(scope.selection)}`")
+        if scope.removed:
+            lines.append(
+                "**Removed:** " + ", ".join(f"`{path}`" for path in scope.removed)
+                + " (dbt does not drop the relations of removed models: drop them by hand)"
+            )
+    if spec.commands:
+        lines.append("**Commands:**")
+        lines += [f"- `{shlex.join(argv)}`" for argv in spec.commands]
+    elif spec.framework == "dbt":
+        lines.append("**Commands:** none (no dbt command runs)")
+    if spec.files:
+        lines += ["", f"**Changed files ({len(spec.files)}):**", "", "| file | category | change |",
+                  "|---|---|---|"]
+        for change in spec.files[:MAX_FILES_SHOWN]:
+            moved = f" (from `{change.old_path}`)" if change.old_path else ""
+            lines.append(f"| `{change.path}`{moved} | {change.category.value} | "
+                         f"{change.change_type.value} |")
+        if len(spec.files) > MAX_FILES_SHOWN:
+            lines.append(f"| ... {len(spec.files) - MAX_FILES_SHOWN} more (see the files table) | | |")
+    return lines
+
+
+def _render_approvals(state: PlanState, policy: PolicyResult | None) -> list[str]:
+    if policy is None:
+        return []
+    lines = ["", "**Approvals:**"]
+    if not policy.counted and not policy.ignored:
+        lines.append("- none yet")
+    for approval in policy.counted:
+        check = "verified" if approval.verified else "not verified (self-asserted)"
+        lines.append(f"- {approval.actor} at {approval.at:%Y-%m-%d %H:%M} UTC, {check}")
+    for approval, reason in policy.ignored:
+        lines.append(f"- ~~{approval.actor}~~: does not count, {reason}")
+    if policy.missing:
+        lines.append("**Still needed:** " + "; ".join(policy.missing))
+    if state.status is PlanStatus.PENDING:
+        lines += ["", "**To approve**, launch `dagctl_review_job` from the launchpad with:", "",
+                  "```yaml", render_review_config(state.plan_id).rstrip(), "```",
+                  f"or run `dagctl plans approve {state.plan_id} --as <your name>`."]
+    return lines
+
+
+def render_plan_summary(state: PlanState, policy: PolicyResult | None = None) -> str:
+    """Markdown for the plan's asset page and for `dagctl plans show`."""
+    spec = state.spec
+    version = ""
+    if spec.version_new is not None:
+        version = f" | version `{spec.version_old or '-'}` -> `{spec.version_new}`"
+    reason = f" ({state.reason})" if state.reason else ""
+    base = spec.base_commit[:12] if spec.base_commit else "none (first deployment)"
+    lines = [
+        f"### Plan `{spec.plan_id}`: **{state.status.value}**{reason}",
+        f"{spec.project} -> **{spec.environment}** | {spec.framework.value}{version}",
+        f"Commits: `{base}` -> `{spec.short_target}` ({spec.commits_ahead} ahead) | "
+        f"by {spec.author} | triggered by {spec.triggered_by}",
+        f"> {spec.commit_message}" if spec.commit_message else "",
+        "",
+        *_render_change_set(spec),
+        *_render_approvals(state, policy),
+        "",
+        f"Retries used: {state.retries} of 3 | fingerprint `{spec.fingerprint[:16]}`",
+    ]
+    return "\n".join(lines)

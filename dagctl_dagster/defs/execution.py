@@ -1,0 +1,106 @@
+"""`build` and `execute` on the configured backend.
+
+Both phases are expressed as `StepSpec` values first (the same argv everywhere), then handed to the
+backend: the local backend (snapshots on disk, dbt through dagster-dbt, other steps as dagster-pipes
+subprocesses) or the Kubernetes backend (Kaniko and pods through dagster-k8s).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from dagster import OpExecutionContext
+
+from ..core.config import KubernetesBackendConfig, ProjectConfig
+from ..core.errors import DagctlStepError
+from ..core.lifecycle import EventKind, PlanEvent
+from ..core.plan import Framework, PlanSpec
+from ..core.policy import SYSTEM_ACTOR
+from ..core.steps import StepSpec
+from .local_backend import PlanDbtTranslator, run_dbt_step, run_pipes_step
+from .runtime import PlanRuntime
+
+SNAPSHOT_PREFIX = "snapshot:"
+
+
+def plan_labels(spec: PlanSpec) -> dict[str, str]:
+    return {"dagctl/project": spec.project, "dagctl/environment": spec.environment,
+            "dagctl/plan-id": spec.plan_id}
+
+
+def build_artifact(context: OpExecutionContext, runtime: PlanRuntime, project: ProjectConfig,
+                   spec: PlanSpec) -> str:
+    """Builds and records the plan's artifact: `snapshot:<path>#<tree id>` locally, `image@sha256:...`."""
+    env = project.get_environment(spec.environment)
+    backend = project.backend_for(env)
+    if isinstance(backend, KubernetesBackendConfig) and spec.framework is Framework.DBT:
+        from .kubernetes_steps import build_image_with_kaniko
+
+        artifact = build_image_with_kaniko(
+            context, project=project, backend=backend, commit=spec.target_commit,
+            version=spec.version_new or "0", plan_id=spec.plan_id, environment=spec.environment,
+        )
+    else:
+        mirror = runtime.mirror(project)
+        snapshot = mirror.export_snapshot(
+            spec.target_commit, runtime.snapshot_dir(project, spec.target_commit),
+            subdirectory=project.subdirectory,
+        )
+        tree = mirror.tree_id(spec.target_commit, project.subdirectory)
+        context.log.info(f"snapshot of {spec.target_commit[:12]} at {snapshot} (content hash {tree})")
+        artifact = f"{SNAPSHOT_PREFIX}{snapshot}#{tree}"
+    runtime.record(context, PlanEvent(
+        plan_id=spec.plan_id, kind=EventKind.BUILT, at=runtime.clock(), actor=SYSTEM_ACTOR,
+        artifact=artifact, run_id=context.run_id, reason="artifact built"))
+    return artifact
+
+
+def snapshot_path(artifact: str) -> Path:
+    if not artifact.startswith(SNAPSHOT_PREFIX):
+        raise DagctlStepError(f"artifact '{artifact}' is not a local snapshot")
+    return Path(artifact[len(SNAPSHOT_PREFIX):].split("#", 1)[0])
+
+
+def build_execute_steps(runtime: PlanRuntime, project: ProjectConfig, spec: PlanSpec,
+                        artifact: str) -> list[StepSpec]:
+    """The steps `execute` runs: one per dbt command, or SQLMesh's verify-then-apply entrypoint."""
+    env = project.get_environment(spec.environment)
+    backend = project.backend_for(env)
+    in_cluster = isinstance(backend, KubernetesBackendConfig)
+    workdir = "/app" if in_cluster else str(snapshot_path(artifact))
+    image = artifact if in_cluster and spec.framework is Framework.DBT else (
+        backend.runner_image if in_cluster else None)
+    base_env = {"DAGCTL_PROJECT": project.name, "DAGCTL_ENVIRONMENT": env.name}
+    if spec.framework is Framework.DBT:
+        profiles = "/app" if in_cluster else str(runtime.profiles_dir(project, Path(workdir)))
+        return [
+            StepSpec(name=f"execute-{index}", argv=argv, image=image, working_dir=workdir,
+                     env={**base_env, "DBT_PROFILES_DIR": profiles}, labels=plan_labels(spec))
+            for index, argv in enumerate(spec.commands)
+        ]
+    from .sqlmesh_plans import build_sqlmesh_apply_argv
+
+    return [StepSpec(name="execute", argv=build_sqlmesh_apply_argv(project, env, spec, workdir), image=image,
+                     working_dir=workdir, env=base_env, labels=plan_labels(spec))]
+
+
+def execute_plan(context: OpExecutionContext, runtime: PlanRuntime, project: ProjectConfig,
+                 spec: PlanSpec, artifact: str) -> Iterator[Any]:
+    """Runs the plan's steps on its backend, yielding the Dagster events they produce."""
+    env = project.get_environment(spec.environment)
+    backend = project.backend_for(env)
+    for step in build_execute_steps(runtime, project, spec, artifact):
+        context.log.info(f"running {step.name}: {' '.join(step.argv)}")
+        if isinstance(backend, KubernetesBackendConfig):
+            from .kubernetes_steps import run_step_in_pod
+
+            run_step_in_pod(context, step=step, backend=backend)
+        elif step.argv[0] == "dbt":
+            yield from run_dbt_step(
+                context, step, translator=PlanDbtTranslator(project.name, env.name),
+                target_path=runtime.run_dir(context.run_id) / step.name,
+            )
+        else:
+            yield from run_pipes_step(context, step)

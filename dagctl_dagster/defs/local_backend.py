@@ -1,0 +1,143 @@
+"""The local backend: steps run as processes on the machine running Dagster (the embedded default).
+
+dbt steps run through dagster-dbt's `DbtCliResource`, which gives structured dbt events: every dbt log
+line is streamed into the run's logs as it happens, and every model built becomes an asset
+materialization. Other steps (SQLMesh's verify-then-apply entrypoint) run as dagster-pipes subprocesses,
+so the events they report reach Dagster the same way they do from a Kubernetes pod.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from dagster import AssetKey, OpExecutionContext, PipesSubprocessClient
+from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource
+
+from ..core.errors import DagctlStepError
+from ..core.steps import StepSpec
+
+# Output of the last lines of a failed dbt run kept in the error message.
+TAIL_LINES = 20
+
+
+class PlanDbtTranslator(DagsterDbtTranslator):
+    """dbt nodes become assets `<project>/<environment>/<node name>`: one warehouse per target."""
+
+    def __init__(self, project: str, environment: str):
+        super().__init__(settings=DagsterDbtTranslatorSettings(enable_asset_checks=False))
+        self._prefix = [project, environment]
+
+    def get_asset_key(self, dbt_resource_props: Mapping[str, Any]) -> AssetKey:
+        return AssetKey([*self._prefix, dbt_resource_props["name"]])
+
+
+def resolve_secret_env(step: StepSpec) -> dict[str, str]:
+    """Secret-backed variables read from this process's environment (never written anywhere)."""
+    resolved = {}
+    for ref in step.secret_env:
+        value = os.environ.get(ref.env)
+        if value is None:
+            raise DagctlStepError(
+                f"step '{step.name}' needs environment variable {ref.env} (secret {ref.secret}/{ref.key} "
+                "in a cluster); set it in the environment of the Dagster code location"
+            )
+        resolved[ref.env] = value
+    return resolved
+
+
+def run_dbt_step(
+    context: OpExecutionContext, step: StepSpec, *, translator: DagsterDbtTranslator, target_path: Path
+) -> Iterator[Any]:
+    """Runs one dbt command line of a plan in its snapshot, yielding Dagster events as dbt emits them.
+
+    Raises `DagctlStepError` with dbt's own error message when dbt fails.
+    """
+    if step.argv[:1] != ("dbt",) or step.working_dir is None:
+        raise DagctlStepError(f"step '{step.name}' is not a dbt command in a project folder: {step.argv}")
+    env_backup = dict(os.environ)
+    os.environ.update({**step.env, **resolve_secret_env(step)})
+    try:
+        dbt = DbtCliResource(project_dir=step.working_dir, dbt_executable=dbt_executable())
+        target_args = _target_args(step.argv)
+        parse = dbt.cli(["parse", *target_args], target_path=target_path / "parse", raise_on_error=False)
+        _drain(context, parse)
+        if not parse.is_successful():
+            raise DagctlStepError(f"dbt could not parse the project: {_error_text(parse)}")
+        invocation = dbt.cli(
+            list(step.argv[1:]), manifest=target_path / "parse" / "manifest.json",
+            dagster_dbt_translator=translator, target_path=target_path / "run", raise_on_error=False,
+        )
+        for event in invocation.stream_raw_events():
+            _log_line(context, event.raw_event)
+            yield from event.to_default_asset_events(
+                manifest=invocation.manifest, dagster_dbt_translator=translator,
+                target_path=invocation.target_path,
+            )
+        if not invocation.is_successful():
+            raise DagctlStepError(f"`{' '.join(step.argv)}` failed: {_error_text(invocation)}")
+    finally:
+        os.environ.clear()
+        os.environ.update(env_backup)
+
+
+def dbt_executable() -> str:
+    """dbt from the code location's own environment, so a virtualenv works without activating it."""
+    beside = Path(sys.executable).parent / "dbt"
+    return str(beside) if beside.exists() else "dbt"
+
+
+def _target_args(argv: tuple[str, ...]) -> list[str]:
+    if "--target" in argv:
+        index = argv.index("--target")
+        return list(argv[index:index + 2])
+    return []
+
+
+def _drain(context: OpExecutionContext, invocation) -> None:
+    for event in invocation.stream_raw_events():
+        _log_line(context, event.raw_event)
+
+
+def _log_line(context: OpExecutionContext, raw_event: Mapping[str, Any]) -> None:
+    info = raw_event.get("info", {})
+    message = info.get("msg", "")
+    if not message:
+        return
+    if info.get("level") in ("error", "warn"):
+        context.log.warning(message)
+    else:
+        context.log.info(message)
+
+
+def _error_text(invocation) -> str:
+    lines = []
+    for event in invocation.get_artifact("run_results.json").get("results", []) if _has_results(invocation) else []:
+        if event.get("status") in ("error", "fail"):
+            lines.append(f"{event.get('unique_id')}: {event.get('message')}")
+    if lines:
+        return "; ".join(lines)
+    error = invocation.get_error()
+    return str(error).strip().splitlines()[-1] if error else "see the run's logs"
+
+
+def _has_results(invocation) -> bool:
+    return (Path(invocation.target_path) / "run_results.json").exists()
+
+
+def run_pipes_step(context: OpExecutionContext, step: StepSpec) -> Iterator[Any]:
+    """Runs a non-dbt step (e.g. SQLMesh's verify-then-apply) as a dagster-pipes subprocess."""
+    client = PipesSubprocessClient(cwd=step.working_dir)
+    try:
+        results = client.run(
+            command=list(step.argv), context=context,
+            extras={"labels": step.labels}, env={**step.env, **resolve_secret_env(step)},
+        )
+        yield from results.get_results()
+    except DagctlStepError:
+        raise
+    except Exception as exc:  # dagster raises its own failure types for a non-zero exit
+        raise DagctlStepError(f"step '{step.name}' failed: {exc}") from exc

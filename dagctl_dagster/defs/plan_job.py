@@ -1,0 +1,307 @@
+"""The plan job of a project: `detect` -> `gate` -> `build` -> `execute`.
+
+A plan is a run of this job. Launched without `plan_id` (by the sensor or by hand) it explains a new plan;
+for a protected environment it stops after `gate` with the plan `pending`. Launched with `plan_id` (by the
+approval sensor) it executes that recorded plan, after `gate` has re-checked everything from the event log:
+a hand-written run config can never skip approval.
+"""
+
+
+from collections.abc import Iterator
+from typing import Any
+
+from dagster import (
+    Config,
+    Failure,
+    In,
+    MetadataValue,
+    OpExecutionContext,
+    Out,
+    Output,
+    TableColumn,
+    TableRecord,
+    TableSchema,
+    job,
+    op,
+)
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..adapters.dbt import explain_dbt_plan
+from ..core.config import EnvironmentConfig, ProjectConfig
+from ..core.errors import DagctlError
+from ..core.lifecycle import (
+    PlanState,
+    PlanStatus,
+    build_created_event,
+    build_status_event,
+    check_transition,
+    get_last_completed,
+    list_superseded,
+)
+from ..core.plan import Framework, PlanSpec, build_plan_id
+from ..core.policy import SYSTEM_ACTOR, evaluate_policy
+from .execution import build_artifact, execute_plan
+from .runtime import PlanRuntime
+from .store import get_plan_state, read_plan_states
+from .tags import TRIGGER_TAG, plan_run_tags
+
+
+class PlanConfig(Config):
+    """Launchpad config of a plan run. Set `environment` (and optionally `commit`) to create a plan."""
+
+    environment: str = Field(description="Environment to plan for, e.g. prod or dev.")
+    commit: str = Field(default="", description="Commit or branch to plan (default: the branch head).")
+    requested_by: str = Field(default="", description="Who asks for this plan (its author).")
+    plan_id: str = Field(
+        default="", description="Set by the approval sensor: execute this recorded, approved plan."
+    )
+
+
+class Detected(BaseModel):
+    """What `detect` hands to `gate`: the recorded plan and the fingerprint recomputed now."""
+
+    model_config = ConfigDict(frozen=True)
+
+    spec: PlanSpec
+    recomputed_fingerprint: str
+    is_execution: bool
+
+
+def _files_table(spec: PlanSpec) -> MetadataValue:
+    schema = TableSchema(columns=[TableColumn("path"), TableColumn("category"), TableColumn("change"),
+                                  TableColumn("old_path")])
+    records = [TableRecord({"path": c.path, "category": c.category.value, "change": c.change_type.value,
+                            "old_path": c.old_path or ""}) for c in spec.files]
+    return MetadataValue.table(records, schema=schema)
+
+
+def plan_metadata(spec: PlanSpec) -> dict[str, Any]:
+    """Asset metadata of a newly explained plan: every field a reviewer or script needs."""
+    metadata: dict[str, Any] = {
+        "project": spec.project,
+        "environment": spec.environment,
+        "target_commit": spec.target_commit,
+        "target_commit_short": spec.target_commit[:12],
+        "base_commit": spec.base_commit or "",
+        "commit_message": spec.commit_message,
+        "author": spec.author,
+        "commits_ahead": spec.commits_ahead,
+        "triggered_by": spec.triggered_by,
+        "fingerprint": spec.fingerprint,
+        "files": _files_table(spec),
+        "plan": MetadataValue.json(spec.model_dump(mode="json")),
+    }
+    if spec.version_new is not None:
+        metadata["version_old"] = spec.version_old or ""
+        metadata["version_new"] = spec.version_new
+    if spec.dbt_scope is not None:
+        metadata["scope"] = spec.dbt_scope.scope.value
+        metadata["scope_reason"] = spec.dbt_scope.reason
+        metadata["commands"] = MetadataValue.json([list(argv) for argv in spec.commands])
+    return metadata
+
+
+def _explain(runtime: PlanRuntime, project: ProjectConfig, env: EnvironmentConfig, *, plan_id: str,
+             target: str, base_commit: str | None, base_version: str | None, triggered_by: str,
+             requested_by: str | None, created_at=None) -> PlanSpec:
+    if project.framework == Framework.DBT:
+        return explain_dbt_plan(
+            runtime.mirror(project), project, env, plan_id=plan_id, target_commit=target,
+            base_commit=base_commit, base_version=base_version, triggered_by=triggered_by,
+            requested_by=requested_by, now=created_at or runtime.clock(),
+        )
+    from .sqlmesh_plans import explain_sqlmesh_spec
+
+    return explain_sqlmesh_spec(
+        runtime, project, env, plan_id=plan_id, target_commit=target, base_commit=base_commit,
+        triggered_by=triggered_by, requested_by=requested_by, now=created_at or runtime.clock(),
+    )
+
+
+def _fail(context: OpExecutionContext, message: str) -> Failure:
+    context.log.error(message)
+    return Failure(description=message)
+
+
+def build_plan_job(runtime: PlanRuntime, project: ProjectConfig):
+    """The plan job of one project. Example: `build_plan_job(runtime, project).name == "jaffle_plan_job"`."""
+
+    @op(name="detect", out=Out(Detected))
+    def detect(context: OpExecutionContext, config: PlanConfig) -> Detected:
+        """Finds the change set (new plan) or recomputes it on the pinned commits (execution)."""
+        try:
+            env = project.get_environment(config.environment)
+            if config.plan_id:
+                return _redetect(context, env, config.plan_id)
+            return _detect_new(context, env, config)
+        except DagctlError as exc:
+            raise _fail(context, str(exc)) from exc
+
+    def _detect_new(context: OpExecutionContext, env: EnvironmentConfig, config: PlanConfig) -> Detected:
+        mirror = runtime.mirror(project)
+        mirror.ensure()
+        branch = project.tracked_branch(env)
+        head = mirror.refresh_branch(branch)
+        target = mirror.resolve(config.commit) if config.commit else head
+        states = read_plan_states(context.instance, project.name, env.name)
+        base = get_last_completed(states.values())
+        spec = _explain(
+            runtime, project, env, plan_id=build_plan_id(project.name, env.name, context.run_id),
+            target=target, base_commit=base.spec.target_commit if base else None,
+            base_version=base.spec.version_new if base else None,
+            triggered_by=context.run.tags.get(TRIGGER_TAG, "manual"),
+            requested_by=config.requested_by or None,
+        )
+        context.log.info(f"plan {spec.plan_id}: {len(spec.files)} changed file(s), fingerprint {spec.fingerprint[:16]}")
+        runtime.record(context, build_created_event(spec, run_id=context.run_id), metadata=plan_metadata(spec))
+        for old in list_superseded(list(states.values()), spec):
+            runtime.record(context, build_status_event(
+                old, PlanStatus.REJECTED, actor=SYSTEM_ACTOR, at=runtime.clock(), auto_discarded=True,
+                reason=f"superseded by plan {spec.plan_id}", run_id=context.run_id,
+            ))
+        return Detected(spec=spec, recomputed_fingerprint=spec.fingerprint, is_execution=False)
+
+    def _redetect(context: OpExecutionContext, env: EnvironmentConfig, plan_id: str) -> Detected:
+        state = get_plan_state(context.instance, plan_id)
+        spec = state.spec
+        if (spec.project, spec.environment) != (project.name, env.name):
+            raise DagctlError(
+                f"plan {plan_id} belongs to {spec.project}/{spec.environment}, not to "
+                f"{project.name}/{env.name}: launch {spec.project}_plan_job with environment "
+                f"{spec.environment}"
+            )
+        mirror = runtime.mirror(project)
+        mirror.ensure()
+        recomputed = _explain(
+            runtime, project, env, plan_id=plan_id, target=spec.target_commit,
+            base_commit=spec.base_commit, base_version=spec.version_old, triggered_by=spec.triggered_by,
+            requested_by=spec.author, created_at=spec.created_at,
+        ) if mirror.has_commit(spec.target_commit) else None
+        return Detected(spec=spec, recomputed_fingerprint=recomputed.fingerprint if recomputed else "",
+                        is_execution=True)
+
+    @op(name="gate", ins={"detected": In(Detected)}, out=Out(PlanSpec, is_required=False))
+    def gate(context: OpExecutionContext, detected: Detected) -> Iterator[Output]:
+        """Holds protected plans for approval; re-checks everything before a plan may execute."""
+        spec = detected.spec
+        env = project.get_environment(spec.environment)
+        state = get_plan_state(context.instance, spec.plan_id)
+        if not detected.is_execution:
+            if not spec.has_changes:
+                runtime.record(context, build_status_event(
+                    state, PlanStatus.COMPLETED, actor=SYSTEM_ACTOR, at=runtime.clock(),
+                    reason="nothing to do: no changes", run_id=context.run_id))
+                return
+            if env.protected:
+                policy = evaluate_policy(env, spec, state.approvals, runtime.clock())
+                runtime.record(context, build_status_event(
+                    state, PlanStatus.PENDING, actor=SYSTEM_ACTOR, at=runtime.clock(), run_id=context.run_id,
+                    reason="awaiting approval: " + "; ".join(policy.missing)))
+                context.log.info(f"plan {spec.plan_id} is pending approval for protected '{env.name}'")
+                return
+            state = runtime.record(context, build_status_event(
+                state, PlanStatus.APPROVED, actor=SYSTEM_ACTOR, at=runtime.clock(), run_id=context.run_id,
+                reason=f"environment '{env.name}' is not protected"))
+        admit_execution(context, runtime, project, state, detected.recomputed_fingerprint)
+        yield Output(spec)
+
+    @op(name="build", ins={"spec": In(PlanSpec)}, out=Out(str, is_required=False))
+    def build(context: OpExecutionContext, spec: PlanSpec) -> Iterator[Output]:
+        """Builds the artifact of the pinned commit (a snapshot locally, an image on Kubernetes)."""
+        artifact = yield from _guarded(context, spec, lambda: build_artifact(context, runtime, project, spec))
+        if spec.dbt_scope is not None and not spec.dbt_scope.requires_dbt:
+            runtime.record(context, build_status_event(
+                spec.plan_id, PlanStatus.COMPLETED, actor=SYSTEM_ACTOR, at=runtime.clock(),
+                reason=f"build only: {spec.dbt_scope.reason}", run_id=context.run_id))
+            return
+        yield Output(artifact)
+
+    @op(name="execute", ins={"spec": In(PlanSpec), "artifact": In(str)})
+    def execute(context: OpExecutionContext, spec: PlanSpec, artifact: str) -> Iterator[Any]:
+        """Runs exactly the approved command lines on the built artifact."""
+        yield from _guarded(context, spec, lambda: execute_plan(context, runtime, project, spec, artifact))
+        runtime.record(context, build_status_event(
+            spec.plan_id, PlanStatus.COMPLETED, actor=SYSTEM_ACTOR, at=runtime.clock(),
+            reason="executed", run_id=context.run_id))
+        yield Output(None)
+
+    def _guarded(context: OpExecutionContext, spec: PlanSpec, work):
+        """Admits re-executions (they count as retries) and records a failure before re-raising it."""
+        state = get_plan_state(context.instance, spec.plan_id)
+        if not (state.status is PlanStatus.RUNNING and context.run_id in state.run_ids):
+            if state.status is PlanStatus.FAILED and context.run.parent_run_id:
+                admit_execution(context, runtime, project, state, state.spec.fingerprint)
+            else:
+                raise _fail(context, f"plan {spec.plan_id} is {state.status.value}; this run was not "
+                                     "admitted by gate, nothing was built or executed")
+        try:
+            result = work()
+            if isinstance(result, Iterator):
+                result = yield from result
+            return result
+        except Exception as exc:
+            message = str(exc) if isinstance(exc, DagctlError) else f"{type(exc).__name__}: {exc}"
+            runtime.record(context, build_status_event(
+                spec.plan_id, PlanStatus.FAILED, actor=SYSTEM_ACTOR, at=runtime.clock(),
+                reason=message[:2000], run_id=context.run_id))
+            raise _fail(context, f"plan {spec.plan_id} failed: {message}") from exc
+
+    @job(name=f"{project.name}_plan_job", tags=plan_run_tags(project.name),
+         description=f"Plans of {project.framework} project '{project.name}': detect, gate, build, execute.")
+    def plan_job():
+        spec = gate(detect())
+        execute(spec, build(spec))
+
+    return plan_job
+
+
+def admit_execution(
+    context: OpExecutionContext, runtime: PlanRuntime, project: ProjectConfig, state: PlanState,
+    recomputed_fingerprint: str,
+) -> PlanState:
+    """The last check before side effects. Records `running`, or refuses with the reason.
+
+    Refuses: a plan that is not approved (or failed with retries left), whose policy is not met from the
+    event log, whose change set no longer matches its fingerprint, or whose base has moved (stale, which
+    also discards it).
+    """
+    spec = state.spec
+    env = project.get_environment(spec.environment)
+    now = runtime.clock()
+    try:
+        if state.status is not PlanStatus.FAILED and state.status is not PlanStatus.APPROVED:
+            check_transition(state, PlanStatus.APPROVED)  # raises with the state's own reason
+        check_transition(state, PlanStatus.RUNNING)
+    except DagctlError as exc:
+        raise _fail(context, f"{exc}; nothing was built or executed") from exc
+    policy = evaluate_policy(env, spec, state.approvals, now)
+    if not policy.is_satisfied:
+        raise _fail(context, f"plan {spec.plan_id} is not approved: still needs {'; '.join(policy.missing)}; "
+                             "nothing was built or executed")
+    stale = _stale_reason(context, runtime, project, state, recomputed_fingerprint)
+    if stale:
+        runtime.record(context, build_status_event(
+            state, PlanStatus.REJECTED, actor=SYSTEM_ACTOR, at=now, auto_discarded=True,
+            reason=f"stale: {stale}", run_id=context.run_id))
+        raise _fail(context, f"plan {spec.plan_id} was discarded as stale: {stale}; nothing was built "
+                             "or executed. Create a new plan.")
+    retry = f" (retry {state.retries + 1} of 3)" if state.status is PlanStatus.FAILED else ""
+    return runtime.record(context, build_status_event(
+        state, PlanStatus.RUNNING, actor=SYSTEM_ACTOR, at=now, run_id=context.run_id,
+        reason=f"executing{retry}"))
+
+
+def _stale_reason(context: OpExecutionContext, runtime: PlanRuntime, project: ProjectConfig,
+                  state: PlanState, recomputed_fingerprint: str) -> str | None:
+    spec = state.spec
+    states = read_plan_states(context.instance, project.name, spec.environment)
+    last = get_last_completed(s for s in states.values() if s.plan_id != spec.plan_id)
+    deployed = last.spec.target_commit if last else None
+    if deployed != spec.base_commit:
+        return (f"the environment moved: its deployed commit is {deployed[:12] if deployed else 'none'}, "
+                f"the plan was made against {spec.base_commit[:12] if spec.base_commit else 'none'}")
+    if not runtime.mirror(project).has_commit(spec.target_commit):
+        return f"target commit {spec.target_commit[:12]} no longer exists in the repository"
+    if recomputed_fingerprint != spec.fingerprint:
+        return "the change set recomputed on the pinned commits differs from the approved fingerprint"
+    return None

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# System packages the test suite needs beyond Python: git (real repositories) and, for the web UI check,
+# Debian's chromium. Installed only when missing and when we can (root with apt-get).
+set -euo pipefail
+missing=()
+command -v git >/dev/null 2>&1 || missing+=(git)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing ${missing[*]} with apt-get"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "warning: ${missing[*]} missing and cannot be installed here; tests that need them are skipped" >&2
+  fi
+fi
