@@ -36,6 +36,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from difflib import unified_diff
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +52,7 @@ from ..core.errors import DagctlPlanError, DagctlStepError
 from ..core.sqlmesh_plan import BackfillInterval, BackfillMode, ModelChange, SqlmeshChangeSet
 
 if TYPE_CHECKING:
+    from sqlmesh.core.context_diff import ContextDiff
     from sqlmesh.core.plan import Plan
     from sqlmesh.core.snapshot import Snapshot
 
@@ -163,10 +165,10 @@ def apply_sqlmesh_plan(
                 "Explain the plan again and have it approved."
             ) from error
         except SQLMeshError as error:
+            detail = "; ".join(console.failures) or str(error)
             raise DagctlStepError(
-                f"Applying the SQLMesh plan to environment '{environment}' failed: {error} "
-                "See the log lines above for the failing models; fix them and push a new commit, "
-                "or retry the plan if the failure was transient."
+                f"Applying the SQLMesh plan to environment '{environment}' failed: {detail}. "
+                "Fix the model and push a new commit, or retry the plan if the failure was transient."
             ) from error
         log(f"Applied SQLMesh plan {plan.plan_id} to environment '{environment}'.")
     return change_set
@@ -305,7 +307,7 @@ def _build_change_set(context: Context, environment: str, plan: Plan | None) -> 
                 category=_category(snapshot),
                 forward_only=snapshot.is_forward_only,
                 parents=() if direct else tuple(sorted(parents_of.get(s_id.name, ()))),
-                diff=(diff.text_diff(s_id.name) or None) if direct else None,
+                diff=_model_diff(diff, s_id.name, names[s_id], environment) if direct else None,
             )
         )
 
@@ -323,6 +325,33 @@ def _build_change_set(context: Context, environment: str, plan: Plan | None) -> 
         ),
         uncategorized=tuple(sorted(names[snapshot.snapshot_id] for snapshot in plan.uncategorized)),
     )
+
+
+def _definition_lines(node: Any) -> list[str]:
+    return [
+        line
+        for expression in node.render_definition(render_query=False)
+        for line in expression.sql(pretty=True, comments=True, dialect=node.dialect).split("\n")
+    ]
+
+
+def _model_diff(diff: ContextDiff, fqn: str, name: str, environment: str) -> str | None:
+    """SQLMesh's unified diff of a modified model, with named sides.
+
+    SQLMesh diffs definitions without comments, and a model's description is rendered as a comment: a
+    description-only change would show an empty diff. Then the definitions are diffed with comments.
+    """
+    # Every real line of a unified diff starts with a marker (" ", "+", "-", "@"): empty lines are noise.
+    lines = [line for line in diff.text_diff(fqn).split("\n") if line]
+    if not lines:
+        new, old = diff.modified_snapshots[fqn]
+        if not (new.is_model and old.is_model):
+            return None
+        lines = list(unified_diff(_definition_lines(old.node), _definition_lines(new.node), lineterm=""))
+    if not lines:
+        return None
+    named = {"--- ": f"--- {name} ({environment})", "+++ ": f"+++ {name} (this plan)"}
+    return "\n".join(named.get(line, line) for line in lines)
 
 
 def _backfill_mode(snapshot: Snapshot) -> BackfillMode:
@@ -398,6 +427,8 @@ class _ProgressConsole(NoopConsole):
         self._batches_left: dict[str, int] = {}
         self._failed: set[str] = set()
         self._audit_only = False
+        self.failures: list[str] = []
+        """One `model: first line of the error` entry per failed model."""
 
     def _name(self, fqn: str) -> str:
         return model_display_name(fqn, _PROD_NAMING, self._default_catalog, getattr(self, "dialect", None))
@@ -501,5 +532,7 @@ class _ProgressConsole(NoopConsole):
 
     def log_failed_models(self, errors: list[Any]) -> None:
         for error in errors:
-            cause = error.__cause__ or error
-            self._log(f"FAILED {self._name(error.node.snapshot_name)}: {cause}")
+            name = self._name(error.node.snapshot_name)
+            cause = str(error.__cause__ or error).strip()
+            self.failures.append(f"{name}: {cause.splitlines()[0] if cause else 'failed'}")
+            self._log(f"FAILED {name}: {cause}")

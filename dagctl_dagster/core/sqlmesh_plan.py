@@ -208,7 +208,10 @@ def render_sqlmesh_summary(change_set: SqlmeshChangeSet) -> str:
     counts = Counter(change.kind for change in change_set.changes)
     summary = [f"{counts[kind]} {_label(kind)}" for kind in CHANGE_KINDS if counts[kind]]
     backfilled_models = len({interval.model for interval in change_set.backfills})
-    summary.append(f"{backfilled_models} model{'s' if backfilled_models != 1 else ''} to backfill")
+    if backfilled_models:
+        summary.append(f"{backfilled_models} model{'s' if backfilled_models != 1 else ''} to backfill")
+    else:
+        summary.append("nothing to backfill")
     lines.append(" · ".join(summary))
 
     if change_set.uncategorized:

@@ -8,6 +8,7 @@ so the events they report reach Dagster the same way they do from a Kubernetes p
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Iterator, Mapping
@@ -62,20 +63,18 @@ def run_dbt_step(
     os.environ.update({**step.env, **resolve_secret_env(step)})
     try:
         dbt = DbtCliResource(project_dir=step.working_dir, dbt_executable=dbt_executable())
-        target_args = _target_args(step.argv)
-        parse = dbt.cli(["parse", *target_args], target_path=target_path / "parse", raise_on_error=False)
-        _drain(context, parse)
-        if not parse.is_successful():
-            raise DagctlStepError(f"dbt could not parse the project: {_error_text(parse)}")
-        invocation = dbt.cli(
-            list(step.argv[1:]), manifest=target_path / "parse" / "manifest.json",
-            dagster_dbt_translator=translator, target_path=target_path / "run", raise_on_error=False,
-        )
+        invocation = dbt.cli(list(step.argv[1:]), dagster_dbt_translator=translator,
+                             target_path=target_path, raise_on_error=False)
+        manifest: dict[str, Any] | None = None
         for event in invocation.stream_raw_events():
             _log_line(context, event.raw_event)
+            if not event.is_result_event:
+                continue
+            # dbt writes manifest.json once it has parsed the project, before the first node runs: read
+            # it then, instead of paying for a separate `dbt parse`.
+            manifest = manifest or json.loads((target_path / "manifest.json").read_text())
             yield from event.to_default_asset_events(
-                manifest=invocation.manifest, dagster_dbt_translator=translator,
-                target_path=invocation.target_path,
+                manifest=manifest, dagster_dbt_translator=translator, target_path=target_path,
             )
         if not invocation.is_successful():
             raise DagctlStepError(f"`{' '.join(step.argv)}` failed: {_error_text(invocation)}")
@@ -88,18 +87,6 @@ def dbt_executable() -> str:
     """dbt from the code location's own environment, so a virtualenv works without activating it."""
     beside = Path(sys.executable).parent / "dbt"
     return str(beside) if beside.exists() else "dbt"
-
-
-def _target_args(argv: tuple[str, ...]) -> list[str]:
-    if "--target" in argv:
-        index = argv.index("--target")
-        return list(argv[index:index + 2])
-    return []
-
-
-def _drain(context: OpExecutionContext, invocation) -> None:
-    for event in invocation.stream_raw_events():
-        _log_line(context, event.raw_event)
 
 
 def _log_line(context: OpExecutionContext, raw_event: Mapping[str, Any]) -> None:

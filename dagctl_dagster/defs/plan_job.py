@@ -268,9 +268,11 @@ def admit_execution(
     spec = state.spec
     env = project.get_environment(spec.environment)
     now = runtime.clock()
+    if state.status not in (PlanStatus.APPROVED, PlanStatus.FAILED):
+        reason = f" ({state.reason})" if state.reason else ""
+        raise _fail(context, f"plan {spec.plan_id} is {state.status.value}{reason}: only an approved plan, "
+                             "or a failed one being retried, can execute; nothing was built or executed")
     try:
-        if state.status is not PlanStatus.FAILED and state.status is not PlanStatus.APPROVED:
-            check_transition(state, PlanStatus.APPROVED)  # raises with the state's own reason
         check_transition(state, PlanStatus.RUNNING)
     except DagctlError as exc:
         raise _fail(context, f"{exc}; nothing was built or executed") from exc

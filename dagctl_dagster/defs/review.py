@@ -63,7 +63,7 @@ def build_review_job(runtime: PlanRuntime):
         verified = False
         if decision is Decision.APPROVE:
             verified = check_approval(env, state.spec, state.approvals, actor=actor, code=config.code or None,
-                                      get_secret=os.environ.get)
+                                      get_secret=os.environ.get, now=runtime.clock())
         now = runtime.clock()
         runtime.record(context, PlanEvent(
             plan_id=state.plan_id, kind=EventKind.DECISION, decision=decision, actor=actor, at=now,

@@ -129,7 +129,7 @@ def created(make_spec: Callable[..., PlanSpec]) -> Callable[..., PlanEvent]:
 
 @pytest.fixture
 def status() -> Callable[..., PlanEvent]:
-    """A status event: `status("running", minutes=20, run_id="run-1")`; plan id defaults to the default plan."""
+    """A status event of the default plan: `status("running", minutes=20, run_id="run-1")`."""
 
     def build(
         new_status: PlanStatus | str,
@@ -148,7 +148,7 @@ def status() -> Callable[..., PlanEvent]:
 
 @pytest.fixture
 def decision(make_spec: Callable[..., PlanSpec]) -> Callable[..., PlanEvent]:
-    """A reviewer's decision event: `decision("approve", actor="alice", minutes=5)`, bound to the default plan."""
+    """A reviewer's decision on the default plan: `decision("approve", actor="alice", minutes=5)`."""
     fingerprint = make_spec().fingerprint
 
     def build(

@@ -7,7 +7,6 @@ the commit as well.
 from __future__ import annotations
 
 from datetime import timedelta
-from textwrap import dedent
 
 import pytest
 
@@ -233,7 +232,10 @@ BAD_DEPLOYMENT_CONFIGS = {
         "projects: [{name: jaffle, repository: /srv/jaffle, environments: [{name: prod}]}]",
         "dagctl.yaml: projects.0.framework: Field required",
     ),
-    "no_projects": ("projects: []", "dagctl.yaml: projects: Tuple should have at least 1 item after validation, not 0"),
+    "no_projects": (
+        "projects: []",
+        "dagctl.yaml: projects: Tuple should have at least 1 item after validation, not 0",
+    ),
     "no_environments": (
         _project(environments="[]"),
         "dagctl.yaml: projects.0.environments: Tuple should have at least 1 item after validation, not 0",
@@ -272,7 +274,8 @@ BAD_DEPLOYMENT_CONFIGS = {
             schedules="[{name: nightly, environment: prod, cron: '0 3 * * *', command: dbt_build},"
             " {name: nightly, environment: prod, cron: '0 4 * * *', command: dbt_build}]"
         ),
-        "dagctl.yaml: projects.0.schedules: Value error, schedule names must be unique, repeated: ['nightly']",
+        "dagctl.yaml: projects.0.schedules: Value error, schedule names must be unique, "
+        "repeated: ['nightly']",
     ),
     "schedule_command_of_the_other_framework": (
         _project(schedules="[{name: hourly, environment: prod, cron: '0 * * * *', command: sqlmesh_run}]"),
@@ -303,7 +306,7 @@ BAD_DEPLOYMENT_CONFIGS = {
         "equal to 1",
     ),
     "more_required_approvals_than_approvers": (
-        _project(environments="[{name: prod, protected: true, approvers: [alice, bob], required_approvals: 3}]"),
+        _project(environments="[{name: prod, approvers: [alice, bob], required_approvals: 3}]"),
         "dagctl.yaml: projects.0.environments.0.required_approvals: Value error, needs 3 distinct "
         "approvals but only 2 approver(s) are listed (alice, bob)",
     ),
@@ -390,14 +393,19 @@ BAD_PROJECT_CONFIGS = {
     "integer_version": ("version: 2", f"{WHERE}: version: Input should be a valid string"),
     "float_version": ("version: 1.10", f"{WHERE}: version: Input should be a valid string"),
     "empty_version": ("version: ''", f"{WHERE}: version: String should have at least 1 character"),
-    "missing_version": ("owner: data-team", f"{WHERE}: version: Field required; owner: Extra inputs are not permitted"),
+    "missing_version": (
+        "owner: data-team",
+        f"{WHERE}: version: Field required; owner: Extra inputs are not permitted",
+    ),
     "unknown_key": ("version: '3'\nowner: data-team", f"{WHERE}: owner: Extra inputs are not permitted"),
     "not_a_mapping": ("- version: '3'", f"{WHERE}: expected a mapping with a string field 'version'"),
     "empty_file": ("", f"{WHERE}: expected a mapping with a string field 'version'"),
 }
 
 
-@pytest.mark.parametrize(("text", "message"), list(BAD_PROJECT_CONFIGS.values()), ids=list(BAD_PROJECT_CONFIGS))
+@pytest.mark.parametrize(
+    ("text", "message"), list(BAD_PROJECT_CONFIGS.values()), ids=list(BAD_PROJECT_CONFIGS)
+)
 def test_bad_project_config_fails_naming_the_file_the_commit_and_the_field(
     text: str | None, message: str
 ) -> None:

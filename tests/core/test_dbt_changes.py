@@ -181,7 +181,9 @@ SCOPE_CASES = {
         [("tests/assert_b.sql", "renamed", "tests/assert_a.sql")],
         True,
         False,
-        DbtScope(scope=Scope.SELECTIVE, reason=SELECTIVE_REASON.format(1), selection=("path:tests/assert_b.sql",)),
+        DbtScope(
+            scope=Scope.SELECTIVE, reason=SELECTIVE_REASON.format(1), selection=("path:tests/assert_b.sql",)
+        ),
     ),
     "all_when_a_macro_changed": (
         [("macros/cents_to_dollars.sql", "modified"), ("models/staging/stg_orders.sql", "modified")],
@@ -254,7 +256,11 @@ SCOPE_CASES = {
         DbtScope(scope=Scope.BUILD_ONLY, reason=REBUILD_ONLY_REASON),
     ),
     "build_only_when_only_nodes_were_deleted": (
-        [("models/legacy/old_orders.sql", "deleted"), ("seeds/raw_old.csv", "deleted"), ("Dockerfile", "modified")],
+        [
+            ("models/legacy/old_orders.sql", "deleted"),
+            ("seeds/raw_old.csv", "deleted"),
+            ("Dockerfile", "modified"),
+        ],
         True,
         False,
         DbtScope(
@@ -323,14 +329,22 @@ BUILD_ONLY = DbtScope(scope=Scope.BUILD_ONLY, reason=REBUILD_ONLY_REASON)
         pytest.param(
             [("dbt", "build")],
             SELECTIVE,
-            (("dbt", "build", "--target", "prod", "--select", "path:models/a.sql", "path:models/schema.yml"),),
+            (
+                (
+                    "dbt", "build", "--target", "prod",
+                    "--select", "path:models/a.sql", "path:models/schema.yml",
+                ),
+            ),
             id="selective_build_selects_exactly_the_changed_files",
         ),
         pytest.param(
             [("dbt", "seed"), ("dbt", "build", "--fail-fast")],
             SELECTIVE,
             (
-                ("dbt", "seed", "--target", "prod", "--select", "path:models/a.sql", "path:models/schema.yml"),
+                (
+                    "dbt", "seed", "--target", "prod",
+                    "--select", "path:models/a.sql", "path:models/schema.yml",
+                ),
                 (
                     "dbt", "build", "--fail-fast", "--target", "prod",
                     "--select", "path:models/a.sql", "path:models/schema.yml",

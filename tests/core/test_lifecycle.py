@@ -25,6 +25,7 @@ from dagctl_dagster.core.lifecycle import (
 from dagctl_dagster.core.plan import PlanSpec
 
 Factory = Callable[..., PlanEvent]
+Clock = Callable[[float], datetime]
 
 
 def fold_one(events: list[PlanEvent]) -> PlanState:
@@ -50,12 +51,14 @@ def failures(status: Factory, count: int, *, start: int = 10) -> list[PlanEvent]
     for attempt in range(count):
         minute = start + 10 * attempt
         events.append(status("running", minutes=minute, run_id=f"run-exec-{attempt}"))
-        events.append(status("failed", minutes=minute + 5, reason="dbt build failed", run_id=f"run-exec-{attempt}"))
+        events.append(
+            status("failed", minutes=minute + 5, reason="dbt build failed", run_id=f"run-exec-{attempt}")
+        )
     return events
 
 
 def test_fold_of_a_full_lifecycle_gives_status_history_approvals_and_runs(
-    approved_events: list[PlanEvent], status: Factory, make_spec: Callable[..., PlanSpec], at: Callable[[float], datetime]
+    approved_events: list[PlanEvent], status: Factory, make_spec: Callable[..., PlanSpec], at: Clock
 ) -> None:
     events = [
         *approved_events,
@@ -71,13 +74,15 @@ def test_fold_of_a_full_lifecycle_gives_status_history_approvals_and_runs(
         status=PlanStatus.COMPLETED,
         reason="dbt build succeeded",
         approvals=(
-            Approval(actor="alice", at=at(5), comment="looks good", fingerprint=spec.fingerprint, verified=False),
+            Approval(
+                actor="alice", at=at(5), comment="looks good", fingerprint=spec.fingerprint, verified=False
+            ),
         ),
         history=(
             HistoryEntry(at=at(0), actor="dave", what="status: explaining", reason="explained by sensor",
                          run_id="run-explain"),
-            HistoryEntry(at=at(1), actor="dagctl", what="status: pending", reason="environment prod is protected",
-                         run_id="run-explain"),
+            HistoryEntry(at=at(1), actor="dagctl", what="status: pending",
+                         reason="environment prod is protected", run_id="run-explain"),
             HistoryEntry(at=at(5), actor="alice", what="decision: approve"),
             HistoryEntry(at=at(6), actor="dagctl", what="status: approved", reason="policy met"),
             HistoryEntry(at=at(7), actor="dagctl", what="status: running", run_id="run-exec"),
@@ -105,7 +110,10 @@ def test_fold_of_a_full_lifecycle_gives_status_history_approvals_and_runs(
         (["pending", "rejected"], PlanStatus.REJECTED),
         (["completed"], PlanStatus.COMPLETED),
     ],
-    ids=["explaining", "pending", "approved", "running", "failed", "cancelled", "rejected", "build_only_completed"],
+    ids=[
+        "explaining", "pending", "approved", "running", "failed", "cancelled", "rejected",
+        "build_only_completed",
+    ],
 )
 def test_fold_follows_each_allowed_transition(
     created: Factory, status: Factory, statuses: list[str], expected: PlanStatus
@@ -115,7 +123,7 @@ def test_fold_follows_each_allowed_transition(
     assert fold_one(events).status is expected
 
 
-def test_newly_explained_plan_has_not_started_and_is_not_terminal(created: Factory, at: Callable[[float], datetime]) -> None:
+def test_newly_explained_plan_has_not_started_and_is_not_terminal(created: Factory, at: Clock) -> None:
     state = fold_one([created()])
 
     assert (state.status, state.is_terminal, state.has_started, state.retries_left) == (
@@ -133,7 +141,9 @@ def test_failed_plan_retried_counts_each_retry(approved_events: list[PlanEvent],
     check_transition(state, PlanStatus.RUNNING)
 
 
-def test_fourth_retry_is_refused_once_three_were_used(approved_events: list[PlanEvent], status: Factory) -> None:
+def test_fourth_retry_is_refused_once_three_were_used(
+    approved_events: list[PlanEvent], status: Factory
+) -> None:
     state = fold_one([*approved_events, *failures(status, 1 + MAX_RETRIES)])
 
     assert (state.status, state.executions, state.retries, state.retries_left) == (PlanStatus.FAILED, 4, 3, 0)
@@ -149,7 +159,9 @@ def test_fourth_retry_is_refused_once_three_were_used(approved_events: list[Plan
     )
 
 
-def test_plan_out_of_retries_can_still_be_cancelled(approved_events: list[PlanEvent], status: Factory) -> None:
+def test_plan_out_of_retries_can_still_be_cancelled(
+    approved_events: list[PlanEvent], status: Factory
+) -> None:
     state = fold_one([*approved_events, *failures(status, 1 + MAX_RETRIES)])
 
     check_decision_state(state, Decision.CANCEL)
@@ -255,12 +267,17 @@ def test_decision_that_fits_the_status_is_accepted(
             "plan jaffle-prod-3f2a9c1d is cancelled: done; it cannot become pending",
         ),
     ],
-    ids=["completed_to_running", "pending_to_running_without_approval", "running_to_approved", "cancelled_to_pending"],
+    ids=[
+        "completed_to_running", "pending_to_running_without_approval", "running_to_approved",
+        "cancelled_to_pending",
+    ],
 )
 def test_invalid_transition_is_refused_with_the_status_and_its_reason(
     created: Factory, status: Factory, statuses: list[str], refused: PlanStatus, message: str
 ) -> None:
-    events = [created(), *(status(name, minutes=minute + 1, reason="done") for minute, name in enumerate(statuses))]
+    events = [
+        created(), *(status(name, minutes=minute + 1, reason="done") for minute, name in enumerate(statuses))
+    ]
     state = fold_one(events)
 
     with pytest.raises(DagctlTransitionError) as raised:
@@ -318,7 +335,11 @@ def test_fold_keeps_the_first_created_event_of_a_plan(created: Factory, status: 
 
 def test_auto_discarded_plan_carries_the_reason(created: Factory, status: Factory) -> None:
     reason = "superseded by jaffle-prod-4b5c6d7e (version 3)"
-    events = [created(), status("pending", minutes=1), status("rejected", minutes=2, reason=reason, auto_discarded=True)]
+    events = [
+        created(),
+        status("pending", minutes=1),
+        status("rejected", minutes=2, reason=reason, auto_discarded=True),
+    ]
 
     state = fold_one(events)
 
@@ -328,7 +349,11 @@ def test_auto_discarded_plan_carries_the_reason(created: Factory, status: Factor
 
 
 def test_plan_rejected_by_a_reviewer_is_not_auto_discarded(created: Factory, status: Factory) -> None:
-    events = [created(), status("pending", minutes=1), status("rejected", minutes=2, actor="bob", reason="wrong logic")]
+    events = [
+        created(),
+        status("pending", minutes=1),
+        status("rejected", minutes=2, actor="bob", reason="wrong logic"),
+    ]
 
     state = fold_one(events)
 

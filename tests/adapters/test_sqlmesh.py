@@ -1,0 +1,407 @@
+"""SQLMesh plans of the example project (examples/sqlmesh_shop) with real SQLMesh on DuckDB.
+
+Each scenario copies the project into a temporary folder (as `detect` gets a fresh snapshot per commit) and
+points DAGCTL_WAREHOUSE_DIR at a temporary warehouse folder holding the DuckDB warehouse and state files.
+The project's relative start date is pinned and SQLMesh's clock injected, so intervals are exact.
+One warehouse with the project deployed to `prod` is shared by the read-only scenarios of this module.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from dagctl_dagster.adapters.sqlmesh import (
+    DagctlStalePlanError,
+    apply_sqlmesh_plan,
+    explain_sqlmesh_plan,
+)
+from dagctl_dagster.core.errors import DagctlPlanError, DagctlStepError
+from dagctl_dagster.core.sqlmesh_plan import BackfillInterval, ModelChange, SqlmeshChangeSet
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sqlmesh_shop"
+START = "2024-03-01"
+NOW = "2024-03-08"  # SQLMesh's "now": the daily intervals 2024-03-01 .. 2024-03-07 are complete.
+MODELS = ("shop.category_revenue", "shop.daily_revenue", "shop.orders", "shop.products")
+
+ORDERS = "models/orders.sql"
+NEW_COLUMN = ("  products.price AS unit_price\n", "  products.price AS unit_price,\n  products.category AS category\n")
+NEW_QUANTITY = ("1 + ABS(", "2 + ABS(")
+
+
+@dataclass
+class Warehouse:
+    """A DuckDB warehouse and SQLMesh state, as the project's config.yaml finds them."""
+
+    dir: Path
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("DAGCTL_WAREHOUSE_DIR", str(self.dir))
+            yield
+
+    def explain(self, project: Path, environment: str = "prod") -> SqlmeshChangeSet:
+        with self.active():
+            return explain_sqlmesh_plan(project, environment, execution_time=NOW)
+
+    def apply(self, project: Path, fingerprint: str, environment: str = "prod", **callbacks) -> SqlmeshChangeSet:
+        with self.active():
+            return apply_sqlmesh_plan(
+                project, environment, expected_fingerprint=fingerprint, execution_time=NOW, **callbacks
+            )
+
+    def deploy(self, project: Path, environment: str = "prod") -> SqlmeshChangeSet:
+        return self.apply(project, self.explain(project, environment).fingerprint, environment)
+
+    def query(self, sql: str) -> list[tuple]:
+        with duckdb.connect(str(self.dir / "sqlmesh_shop.duckdb"), read_only=True) as connection:
+            return connection.sql(sql).fetchall()
+
+    def plan_id(self, environment: str) -> str:
+        with duckdb.connect(str(self.dir / "sqlmesh_shop_state.duckdb"), read_only=True) as connection:
+            rows = connection.sql(
+                "SELECT plan_id FROM sqlmesh._environments WHERE name = ?", params=[environment]
+            ).fetchall()
+        return rows[0][0]
+
+    def contents(self) -> dict[str, object]:
+        """Everything a plan application could change: relations, their rows, and the prod plan id."""
+        relations = self.query(
+            "SELECT table_schema, table_name, table_type FROM information_schema.tables ORDER BY ALL"
+        )
+        return {
+            "relations": relations,
+            "rows": {
+                f"{schema}.{name}": self.query(f'SELECT * FROM "{schema}"."{name}" ORDER BY ALL')
+                for schema, name, _ in relations
+            },
+            "prod_plan_id": self.plan_id("prod"),
+        }
+
+
+def copy_project(destination: Path, *edits: tuple[str, str, str]) -> Path:
+    """The example project in `destination`, start date pinned, with (file, old, new) text edits applied."""
+    shutil.copytree(EXAMPLE, destination)
+    edit(destination, "config.yaml", "start: 14 days ago", f"start: '{START}'")
+    for path, old, new in edits:
+        edit(destination, path, old, new)
+    return destination
+
+
+def edit(project: Path, path: str, old: str, new: str) -> None:
+    file = project / path
+    text = file.read_text()
+    assert text.count(old) == 1, f"{old!r} must occur once in {path}"
+    file.write_text(text.replace(old, new))
+
+
+@dataclass
+class Deployment:
+    warehouse: Warehouse
+    first_plan: SqlmeshChangeSet
+    applied: SqlmeshChangeSet
+    log: list[str] = field(default_factory=list)
+    evaluated: list[str] = field(default_factory=list)
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
+    """The example project explained and applied to `prod` in a fresh warehouse."""
+    root = tmp_path_factory.mktemp("deployed")
+    warehouse = Warehouse(root / "warehouse")
+    warehouse.dir.mkdir()
+    project = copy_project(root / "project")
+    first_plan = warehouse.explain(project)
+    log: list[str] = []
+    evaluated: list[str] = []
+    applied = warehouse.apply(project, first_plan.fingerprint, log=log.append, on_model_evaluated=evaluated.append)
+    return Deployment(warehouse, first_plan, applied, log, evaluated)
+
+
+@pytest.fixture
+def fresh_warehouse(tmp_path: Path) -> Warehouse:
+    warehouse = Warehouse(tmp_path / "warehouse")
+    warehouse.dir.mkdir()
+    return warehouse
+
+
+def test_first_plan_adds_every_model_and_backfills_from_the_start(deployed: Deployment) -> None:
+    first = deployed.first_plan
+
+    assert (first.environment, first.base_plan_id, first.has_changes, first.uncategorized) == (
+        "prod", None, True, ()
+    )
+    assert first.changes == tuple(ModelChange(name=name, kind="added", category="breaking") for name in MODELS)
+    assert first.backfills == (
+        BackfillInterval(model="shop.category_revenue", start=START, end="2024-03-07", mode="full_refresh"),
+        BackfillInterval(model="shop.daily_revenue", start=START, end="2024-03-07", mode="full_refresh"),
+        BackfillInterval(model="shop.orders", start=START, end="2024-03-07", mode="incremental"),
+        BackfillInterval(model="shop.products", start=START, end="2024-03-07", mode="full_refresh"),
+    )
+    assert [(name, category) for name, _, category in first.snapshots] == [
+        (name, "breaking") for name in MODELS
+    ]
+
+
+def test_apply_builds_every_model_in_duckdb_and_reports_each_once(deployed: Deployment) -> None:
+    warehouse = deployed.warehouse
+
+    assert deployed.applied == deployed.first_plan
+    assert sorted(deployed.evaluated) == list(MODELS)
+    assert warehouse.query("SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = 'shop' ORDER BY 1") == [
+        ("category_revenue", "VIEW"), ("daily_revenue", "VIEW"), ("orders", "VIEW"), ("products", "VIEW"),
+    ]
+    assert warehouse.query("SELECT MIN(order_date)::TEXT, MAX(order_date)::TEXT, COUNT(*) FROM shop.orders") == [
+        ("2024-03-01", "2024-03-07", 35)
+    ]
+    assert warehouse.query("SELECT COUNT(*) FROM shop.daily_revenue WHERE revenue > 0") == [(7,)]
+    assert warehouse.query("SELECT category FROM shop.category_revenue ORDER BY 1") == [
+        ("accessories",), ("coffee",), ("equipment",), ("tea",)
+    ]
+    plan_id = warehouse.plan_id("prod")
+    assert deployed.log[0] == (
+        f"Applying SQLMesh plan {plan_id} to environment 'prod': 4 model change(s), 4 model(s) to backfill."
+    )
+    assert deployed.log[-1] == f"Applied SQLMesh plan {plan_id} to environment 'prod'."
+    assert any(line.startswith("shop.orders [2024-03-01 - 2024-03-07] evaluated in ") for line in deployed.log)
+
+
+def test_no_changes_when_the_commit_matches_the_environment(deployed: Deployment, tmp_path: Path) -> None:
+    project = copy_project(tmp_path / "project")
+
+    change_set = deployed.warehouse.explain(project)
+
+    assert change_set == SqlmeshChangeSet(
+        environment="prod",
+        base_plan_id=deployed.warehouse.plan_id("prod"),
+        has_changes=False,
+        snapshots=deployed.first_plan.snapshots,
+    )
+
+
+def test_breaking_change_rebuilds_its_indirect_children(deployed: Deployment, tmp_path: Path) -> None:
+    project = copy_project(tmp_path / "project", (ORDERS, *NEW_QUANTITY))
+
+    change_set = deployed.warehouse.explain(project)
+
+    assert change_set.base_plan_id == deployed.warehouse.plan_id("prod")
+    assert change_set.changes == (
+        ModelChange(
+            name="shop.category_revenue",
+            kind="indirectly_modified",
+            category="indirect_breaking",
+            parents=("shop.orders",),
+        ),
+        ModelChange(
+            name="shop.daily_revenue",
+            kind="indirectly_modified",
+            category="indirect_breaking",
+            parents=("shop.orders",),
+        ),
+        ModelChange(
+            name="shop.orders",
+            kind="directly_modified",
+            category="breaking",
+            diff="--- shop.orders (prod)\n"
+            "+++ shop.orders (this plan)\n"
+            "@@ -16,7 +16,7 @@\n"
+            " SELECT\n"
+            "   CAST(days.order_date AS DATE) AS order_date,\n"
+            "   products.product_id AS product_id,\n"
+            "-  1 + ABS(HASH(products.product_id, CAST(days.order_date AS DATE))) % 5 AS quantity,\n"
+            "+  2 + ABS(HASH(products.product_id, CAST(days.order_date AS DATE))) % 5 AS quantity,\n"
+            "   products.price AS unit_price\n"
+            " FROM RANGE(\n"
+            "   CAST(@start_date AS TIMESTAMP),",
+        ),
+    )
+    assert [interval.model for interval in change_set.backfills] == [
+        "shop.category_revenue", "shop.daily_revenue", "shop.orders"
+    ]
+
+
+def test_new_column_is_non_breaking_and_backfills_only_its_model(deployed: Deployment, tmp_path: Path) -> None:
+    project = copy_project(tmp_path / "project", (ORDERS, *NEW_COLUMN))
+
+    change_set = deployed.warehouse.explain(project)
+
+    assert [(c.name, c.kind, c.category, c.parents) for c in change_set.changes] == [
+        ("shop.category_revenue", "indirectly_modified", "indirect_non_breaking", ("shop.orders",)),
+        ("shop.daily_revenue", "indirectly_modified", "indirect_non_breaking", ("shop.orders",)),
+        ("shop.orders", "directly_modified", "non_breaking", ()),
+    ]
+    assert change_set.backfills == (
+        BackfillInterval(model="shop.orders", start=START, end="2024-03-07", mode="incremental"),
+    )
+
+
+def test_metadata_only_change_needs_no_backfill(deployed: Deployment, tmp_path: Path) -> None:
+    project = copy_project(
+        tmp_path / "project",
+        ("models/daily_revenue.sql", "'Revenue per day, over all products.'", "'Revenue per day.'"),
+    )
+
+    change_set = deployed.warehouse.explain(project)
+
+    assert change_set.changes == (
+        ModelChange(
+            name="shop.daily_revenue",
+            kind="directly_modified",
+            category="metadata",
+            # SQLMesh renders a description as a comment on the definition.
+            diff="--- shop.daily_revenue (prod)\n"
+            "+++ shop.daily_revenue (this plan)\n"
+            "@@ -1,4 +1,4 @@\n"
+            "-/* Revenue per day, over all products. */\n"
+            "+/* Revenue per day. */\n"
+            " MODEL (\n"
+            "   name shop.daily_revenue,\n"
+            "   start '2024-03-01',",
+        ),
+    )
+    assert (change_set.has_changes, change_set.backfills) == (True, ())
+
+
+def test_removed_model_is_listed_without_category(deployed: Deployment, tmp_path: Path) -> None:
+    project = copy_project(tmp_path / "project")
+    (project / "models" / "category_revenue.sql").unlink()
+
+    change_set = deployed.warehouse.explain(project)
+
+    assert change_set.changes == (ModelChange(name="shop.category_revenue", kind="removed"),)
+    assert [name for name, _, _ in change_set.snapshots] == ["shop.daily_revenue", "shop.orders", "shop.products"]
+    assert change_set.backfills == ()
+
+
+def test_dev_environment_is_planned_from_prod(deployed: Deployment, tmp_path: Path) -> None:
+    project = copy_project(tmp_path / "project", (ORDERS, *NEW_COLUMN))
+
+    change_set = deployed.warehouse.explain(project, "dev")
+
+    assert (change_set.environment, change_set.base_plan_id) == ("dev", None)
+    assert [(c.name, c.kind) for c in change_set.changes] == [
+        ("shop.category_revenue", "indirectly_modified"),
+        ("shop.daily_revenue", "indirectly_modified"),
+        ("shop.orders", "directly_modified"),
+    ]
+
+
+def test_same_inputs_give_the_same_fingerprint(deployed: Deployment, tmp_path: Path) -> None:
+    project = copy_project(tmp_path / "project", (ORDERS, *NEW_QUANTITY))
+    other = copy_project(tmp_path / "other", (ORDERS, *NEW_COLUMN))
+
+    first, second = deployed.warehouse.explain(project), deployed.warehouse.explain(project)
+
+    assert first == second
+    assert first.fingerprint == second.fingerprint
+    assert deployed.warehouse.explain(other).fingerprint != first.fingerprint
+
+
+def test_uncategorized_changes_fail_the_plan_with_the_fix(deployed: Deployment, tmp_path: Path) -> None:
+    project = copy_project(tmp_path / "project", (ORDERS, *NEW_QUANTITY))
+    with (project / "config.yaml").open("a") as config:
+        config.write("\nplan:\n  auto_categorize_changes:\n    sql: 'off'\n")
+
+    with pytest.raises(DagctlPlanError) as raised:
+        deployed.warehouse.explain(project)
+
+    assert str(raised.value) == (
+        "SQLMesh cannot categorize the changes of 1 model(s) in environment 'prod': shop.orders. Plans are "
+        "built without prompts, so every change needs a category: turn automatic categorization on in the "
+        "project's config.yaml (`plan: {auto_categorize_changes: {sql: full, python: full, seed: full, "
+        "external: full}}`), or make the change explicit (e.g. `forward_only true` in the model), and push "
+        "a new commit."
+    )
+
+
+def test_plan_for_other_files_is_refused_as_stale(deployed: Deployment, tmp_path: Path) -> None:
+    approved = deployed.warehouse.explain(copy_project(tmp_path / "approved", (ORDERS, *NEW_QUANTITY)))
+    before = deployed.warehouse.contents()
+
+    with pytest.raises(DagctlStalePlanError):
+        deployed.warehouse.apply(copy_project(tmp_path / "other", (ORDERS, *NEW_COLUMN)), approved.fingerprint)
+
+    assert deployed.warehouse.contents() == before
+
+
+def test_stale_plan_is_refused_before_applying_anything(fresh_warehouse: Warehouse, tmp_path: Path) -> None:
+    fresh_warehouse.deploy(copy_project(tmp_path / "base"))
+    breaking = copy_project(tmp_path / "breaking", (ORDERS, *NEW_QUANTITY))
+    approved = fresh_warehouse.explain(breaking)
+    fresh_warehouse.deploy(copy_project(tmp_path / "new_column", (ORDERS, *NEW_COLUMN)))
+    moved_to = fresh_warehouse.plan_id("prod")
+    before = fresh_warehouse.contents()
+    log: list[str] = []
+
+    with pytest.raises(DagctlStalePlanError) as raised:
+        fresh_warehouse.apply(breaking, approved.fingerprint, log=log.append)
+
+    rebuilt = fresh_warehouse.explain(breaking)
+    assert rebuilt.base_plan_id == moved_to != approved.base_plan_id
+    assert str(raised.value) == (
+        f"The SQLMesh plan for environment 'prod' is stale: SQLMesh now plans a different change "
+        f"(fingerprint {rebuilt.fingerprint[:12]}, approved {approved.fingerprint[:12]}). Another plan was "
+        f"applied to 'prod' (it is now at SQLMesh plan {moved_to}) or the project's files differ from the "
+        "approved commit. Nothing was applied; explain the plan again and have it approved."
+    )
+    assert (fresh_warehouse.contents(), log) == (before, [])
+
+
+def test_nothing_to_apply_when_the_environment_already_matches(deployed: Deployment, tmp_path: Path) -> None:
+    project = copy_project(tmp_path / "project")
+    unchanged = deployed.warehouse.explain(project)
+    before = deployed.warehouse.contents()
+    log: list[str] = []
+
+    applied = deployed.warehouse.apply(project, unchanged.fingerprint, log=log.append)
+
+    assert (applied, log) == (unchanged, ["Nothing to apply: environment 'prod' already matches this commit."])
+    assert deployed.warehouse.contents() == before
+
+
+def test_apply_to_a_virtual_environment_leaves_prod_untouched(deployed: Deployment, tmp_path: Path) -> None:
+    project = copy_project(tmp_path / "project", (ORDERS, *NEW_COLUMN))
+    prod_before = deployed.warehouse.query("SELECT * FROM shop.orders ORDER BY ALL")
+    evaluated: list[str] = []
+
+    preview = deployed.warehouse.explain(project, "preview")
+    deployed.warehouse.apply(project, preview.fingerprint, "preview", on_model_evaluated=evaluated.append)
+
+    assert evaluated == ["shop.orders"]
+    assert deployed.warehouse.query("SELECT DISTINCT category FROM shop__preview.orders ORDER BY 1") == [
+        ("accessories",), ("coffee",), ("equipment",), ("tea",)
+    ]
+    assert deployed.warehouse.query("SELECT * FROM shop.orders ORDER BY ALL") == prod_before
+
+
+def test_failing_model_fails_the_apply_and_names_the_model(fresh_warehouse: Warehouse, tmp_path: Path) -> None:
+    project = copy_project(
+        tmp_path / "project", (ORDERS, "products.price AS unit_price", "CAST('n/a' AS DECIMAL) AS unit_price")
+    )
+    plan = fresh_warehouse.explain(project)
+    log: list[str] = []
+    evaluated: list[str] = []
+
+    with pytest.raises(DagctlStepError) as raised:
+        fresh_warehouse.apply(project, plan.fingerprint, log=log.append, on_model_evaluated=evaluated.append)
+
+    assert str(raised.value) == (
+        "Applying the SQLMesh plan to environment 'prod' failed: shop.orders: Conversion Error: Could not "
+        'convert string "n/a" to DECIMAL(18,3). Fix the model and push a new commit, or retry the plan if '
+        "the failure was transient."
+    )
+    assert evaluated == ["shop.products"]
+    assert log[4:7] == [
+        "shop.orders [2024-03-01 - 2024-03-07] failed",
+        "Evaluation failed.",
+        "Skipped because an upstream model failed: shop.category_revenue, shop.daily_revenue",
+    ]
+    assert log[7].startswith('FAILED shop.orders: Conversion Error: Could not convert string "n/a"')
+    assert fresh_warehouse.query("SELECT * FROM information_schema.tables WHERE table_schema = 'shop'") == []
