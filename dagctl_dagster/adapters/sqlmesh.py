@@ -398,17 +398,17 @@ def _ensure_categorized(change_set: SqlmeshChangeSet) -> None:
 
 
 def _stale_message(change_set: SqlmeshChangeSet, expected_fingerprint: str) -> str:
+    environment = change_set.environment
     where = (
-        f"it is now at SQLMesh plan {change_set.base_plan_id}"
+        f"Environment '{environment}' is now at SQLMesh plan {change_set.base_plan_id}"
         if change_set.base_plan_id
-        else "it does not exist now"
+        else f"Environment '{environment}' does not exist"
     )
     return (
-        f"The SQLMesh plan for environment '{change_set.environment}' is stale: SQLMesh now plans a "
-        f"different change (fingerprint {change_set.fingerprint[:12]}, approved "
-        f"{expected_fingerprint[:12]}). Another plan was applied to '{change_set.environment}' ({where}) "
-        "or the project's files differ from the approved commit. Nothing was applied; explain the plan "
-        "again and have it approved."
+        f"The SQLMesh plan for environment '{environment}' is stale: SQLMesh now plans a different change "
+        f"(fingerprint {change_set.fingerprint[:12]}, approved {expected_fingerprint[:12]}). {where}: "
+        "another plan changed it since the approval, or the project's files differ from the approved "
+        "commit. Nothing was applied; explain the plan again and have it approved."
     )
 
 

@@ -264,7 +264,7 @@ class KubernetesBackendConfig(BaseModel):
         default=None, description="Secret with key `token` to fetch an https:// repository."
     )
     git_token_username: str = Field(
-        default="x-access-token", min_length=1,
+        default="x-access-token", pattern=r"^[A-Za-z0-9._-]+$",
         description="User name sent with the token (GitHub: x-access-token, GitLab: oauth2).",
     )
     docker_config_secret: ObjectName | None = Field(

@@ -62,7 +62,8 @@ def run_dbt_step(
     env_backup = dict(os.environ)
     os.environ.update({**step.env, **resolve_secret_env(step)})
     try:
-        dbt = DbtCliResource(project_dir=step.working_dir, dbt_executable=dbt_executable())
+        dbt = DbtCliResource(project_dir=step.working_dir, dbt_executable=dbt_executable(),
+                             profiles_dir=step.env.get("DBT_PROFILES_DIR"))
         invocation = dbt.cli(list(step.argv[1:]), dagster_dbt_translator=translator,
                              target_path=target_path, raise_on_error=False)
         manifest: dict[str, Any] | None = None

@@ -272,6 +272,9 @@ def admit_execution(
         reason = f" ({state.reason})" if state.reason else ""
         raise _fail(context, f"plan {spec.plan_id} is {state.status.value}{reason}: only an approved plan, "
                              "or a failed one being retried, can execute; nothing was built or executed")
+    if state.status is PlanStatus.FAILED and not (state.retry_requested or context.run.parent_run_id):
+        raise _fail(context, f"plan {spec.plan_id} failed ({state.reason}); to run it again, record a retry "
+                             f"decision (dagctl plans retry {spec.plan_id}); nothing was built or executed")
     try:
         check_transition(state, PlanStatus.RUNNING)
     except DagctlError as exc:

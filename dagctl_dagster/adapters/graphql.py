@@ -1,0 +1,851 @@
+"""Dagster's GraphQL API: the Python client behind `dagctl` and scripts.
+
+Everything a script does with plans goes through the webserver's `/graphql` endpoint over HTTP, so it
+works against any Dagster deployment the caller can reach (a laptop, a cluster behind an auth proxy) with no
+access to its database and no Dagster installed. Plan state is read the way the code location reads it:
+the events of the plan's asset (`dagctl/<project>/<environment>`) in storage order, folded with
+`core.lifecycle.fold_plans`. Decisions are runs of `dagctl_review_job`, new plans runs of
+`<project>_plan_job`, both launched with `launchRun`.
+
+This module never imports Dagster; it only needs `requests` and `dagctl_dagster.core`.
+
+Example:
+
+    client = DagctlClient("http://127.0.0.1:3000")
+    created = client.create_plan("jaffle", "prod", requested_by="dave")
+    client.decide(created.plan_id, "approve", actor="alice")
+    final = client.wait_for_plan(created.plan_id, timeout=1800)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import requests
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ..core.errors import DagctlError
+from ..core.lifecycle import Decision, PlanEvent, PlanState, PlanStatus, fold_plans
+from ..core.plan import build_plan_id
+from ..core.policy import approver_secret_env, compute_approval_code
+
+DEFAULT_URL = "http://127.0.0.1:3000"
+URL_ENV = "DAGCTL_URL"
+REVIEW_JOB_NAME = "dagctl_review_job"
+PLAN_ASSET_PREFIX = "dagctl"
+EVENT_METADATA_KEY = "dagctl_event"
+SUMMARY_METADATA_KEY = "summary"
+REFUSAL_METADATA_KEY = "dagctl/refusal"
+PLAN_ID_TAG = "dagctl/plan-id"
+REVIEWED_PLAN_TAG = "dagctl/reviewed-plan"
+_STILL_NEEDED = "**Still needed:** "
+_PAGE = 500
+
+# Run statuses after which a run does nothing more.
+FINISHED_RUN_STATUSES = frozenset({"SUCCESS", "FAILURE", "CANCELED"})
+# Where `plans wait` stops: the plan will not change again without someone deciding something.
+WAIT_END_STATUSES = frozenset(
+    {PlanStatus.COMPLETED, PlanStatus.FAILED, PlanStatus.REJECTED, PlanStatus.CANCELLED}
+)
+
+
+class DagctlClientError(DagctlError):
+    """Root of the errors of the GraphQL client; each message is one line meant for the user."""
+
+
+class DagctlUnreachableError(DagctlClientError):
+    """The webserver cannot be reached (connection refused, timeout, a proxy answering 502/503/504)."""
+
+
+class DagctlRequestError(DagctlClientError):
+    """The webserver answered but refused the request (auth proxy, unknown job, invalid input)."""
+
+
+class DagctlPlanNotFoundError(DagctlClientError):
+    """No plan with this id exists, and no run is explaining one."""
+
+
+class DagctlRefusedError(DagctlClientError):
+    """A decision was refused by the environment's policy or by the plan's state.
+
+    `kind` is `policy` (self-approval, not an approver, unverified approval) or `state` (the plan's status
+    does not allow it, e.g. approving a completed plan).
+    """
+
+    def __init__(self, message: str, *, kind: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+class DagctlRunFailedError(DagctlClientError):
+    """A run the command depends on failed: a plan that could not be explained, a broken review run."""
+
+
+class DagctlTimeoutError(DagctlClientError):
+    """Waiting for a plan or a run took longer than allowed; the plan itself may still finish."""
+
+
+def parse_header(text: str) -> tuple[str, str]:
+    """`"Authorization: Bearer x"` -> `("Authorization", "Bearer x")`; `DagctlRequestError` if malformed."""
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip() or any(ch.isspace() for ch in name.strip()):
+        raise DagctlRequestError(f"header '{text}' is not of the form 'Name: value'")
+    return name.strip(), value.strip()
+
+
+def split_plan_id(plan_id: str) -> tuple[str, str]:
+    """`jaffle-prod-3f2a9c1d` -> (`jaffle`, `prod`); `DagctlPlanNotFoundError` for anything else."""
+    parts = plan_id.split("-")
+    if len(parts) != 3 or not all(parts):
+        raise DagctlPlanNotFoundError(
+            f"'{plan_id}' is not a plan id: plan ids look like <project>-<environment>-<8 hex>, "
+            "e.g. jaffle-prod-3f2a9c1d (see `dagctl plans list`)"
+        )
+    return parts[0], parts[1]
+
+
+def _parse_time(millis: str | float | None) -> datetime | None:
+    if millis in (None, ""):
+        return None
+    return datetime.fromtimestamp(float(millis) / 1000.0, tz=UTC)
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """A Dagster run, as far as plans are concerned."""
+
+    run_id: str
+    job_name: str
+    status: str
+    created_at: datetime
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in FINISHED_RUN_STATUSES
+
+    def to_json(self) -> dict[str, object]:
+        return {"run_id": self.run_id, "job_name": self.job_name, "status": self.status,
+                "created_at": self.created_at.isoformat()}
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """One event of a run's log: a dbt line, a step starting, a failure..."""
+
+    run_id: str
+    at: datetime
+    level: str
+    step: str | None
+    event_type: str | None
+    message: str
+
+    def to_json(self) -> dict[str, object]:
+        return {"run_id": self.run_id, "at": self.at.isoformat(), "level": self.level, "step": self.step,
+                "event_type": self.event_type, "message": self.message}
+
+
+class PlanView(BaseModel):
+    """A plan as the client sees it: the folded state and the summary the server last rendered for it.
+
+    `summary` is the markdown of the plan's asset page (rendered by the code location with the
+    environment's policy, which the client does not have); `missing` lists the approvals it still needs.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    state: PlanState
+    summary: str = ""
+
+    @property
+    def plan_id(self) -> str:
+        return self.state.plan_id
+
+    @property
+    def status(self) -> PlanStatus:
+        return self.state.status
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        for line in self.summary.splitlines():
+            if line.startswith(_STILL_NEEDED):
+                return tuple(part.strip() for part in line[len(_STILL_NEEDED):].split(";") if part.strip())
+        return ()
+
+    @property
+    def is_waiting_done(self) -> bool:
+        """Whether `wait_for_plan` stops here (a failed plan with a retry requested will run again)."""
+        return self.status in WAIT_END_STATUSES and not self.state.retry_requested
+
+    def to_json(self) -> dict[str, object]:
+        state = self.state
+        spec = state.spec
+        return {
+            "plan_id": state.plan_id,
+            "project": spec.project,
+            "environment": spec.environment,
+            "status": state.status.value,
+            "reason": state.reason,
+            "auto_discarded": state.auto_discarded,
+            "author": spec.author,
+            "triggered_by": spec.triggered_by,
+            "base_commit": spec.base_commit,
+            "target_commit": spec.target_commit,
+            "version_old": spec.version_old,
+            "version_new": spec.version_new,
+            "created_at": spec.created_at.isoformat(),
+            "updated_at": state.updated_at.isoformat(),
+            "fingerprint": spec.fingerprint,
+            "approvals": [a.model_dump(mode="json") for a in state.approvals],
+            "missing_approvals": list(self.missing),
+            "retries": state.retries,
+            "retries_left": state.retries_left,
+            "retry_requested": state.retry_requested,
+            "run_ids": list(state.run_ids),
+            "artifact": state.artifact,
+            "spec": spec.model_dump(mode="json"),
+            "history": [entry.model_dump(mode="json") for entry in state.history],
+            "summary": self.summary,
+        }
+
+
+@dataclass(frozen=True)
+class CreatedPlan:
+    """A plan requested with `create_plan`: its id is known at launch (derived from the run id)."""
+
+    plan_id: str
+    run_id: str
+    plan: PlanView | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {"plan_id": self.plan_id, "run_id": self.run_id,
+                "plan": self.plan.to_json() if self.plan else None}
+
+
+@dataclass(frozen=True)
+class DecisionResult:
+    """A recorded decision: the review run that recorded it and the plan afterwards."""
+
+    plan_id: str
+    decision: Decision
+    actor: str
+    run_id: str
+    code_sent: bool
+    plan: PlanView
+
+    def to_json(self) -> dict[str, object]:
+        return {"plan_id": self.plan_id, "decision": self.decision.value, "actor": self.actor,
+                "run_id": self.run_id, "code_sent": self.code_sent, "plan": self.plan.to_json()}
+
+
+# --- GraphQL documents -------------------------------------------------------------------------------
+
+_ASSETS_QUERY = """
+query DagctlPlanAssets($prefix: [String!]) {
+  assetsOrError(prefix: $prefix) {
+    __typename
+    ... on AssetConnection { nodes { key { path } definition { id } } }
+    ... on PythonError { message }
+  }
+}"""
+
+_EVENTS_QUERY = """
+query DagctlPlanEvents($key: AssetKeyInput!, $limit: Int!, $cursor: String) {
+  assetOrError(assetKey: $key) {
+    __typename
+    ... on Asset {
+      definition { id }
+      assetEventHistory(limit: $limit, cursor: $cursor, eventTypeSelectors: [MATERIALIZATION, OBSERVATION]) {
+        cursor
+        results {
+          __typename
+          ... on MaterializationEvent { timestamp metadataEntries { ...DagctlEntry } }
+          ... on ObservationEvent { timestamp metadataEntries { ...DagctlEntry } }
+        }
+      }
+    }
+  }
+}
+fragment DagctlEntry on MetadataEntry {
+  label
+  ... on JsonMetadataEntry { jsonString }
+  ... on MarkdownMetadataEntry { mdStr }
+}"""
+
+_REPOSITORIES_QUERY = """
+query DagctlRepositories {
+  repositoriesOrError {
+    __typename
+    ... on RepositoryConnection { nodes { name location { name } jobs { name } } }
+    ... on Error { message }
+  }
+}"""
+
+_LAUNCH_MUTATION = """
+mutation DagctlLaunch($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId status } }
+    ... on RunConfigValidationInvalid { errors { message } }
+    ... on Error { message }
+  }
+}"""
+
+_RUN_FIELDS = "runId jobName status creationTime tags { key value }"
+
+_RUN_QUERY = f"""
+query DagctlRun($runId: ID!) {{
+  runOrError(runId: $runId) {{
+    __typename
+    ... on Run {{ {_RUN_FIELDS} }}
+    ... on Error {{ message }}
+  }}
+}}"""
+
+_RUNS_QUERY = f"""
+query DagctlRuns($filter: RunsFilter, $limit: Int) {{
+  runsOrError(filter: $filter, limit: $limit) {{
+    __typename
+    ... on Runs {{ results {{ {_RUN_FIELDS} }} }}
+    ... on Error {{ message }}
+  }}
+}}"""
+
+_LOGS_QUERY = """
+query DagctlLogs($runId: ID!, $cursor: String, $limit: Int) {
+  logsForRun(runId: $runId, afterCursor: $cursor, limit: $limit) {
+    __typename
+    ... on EventConnection {
+      cursor
+      hasMore
+      events {
+        __typename
+        ... on MessageEvent { message timestamp level stepKey eventType }
+        ... on ExecutionStepFailureEvent {
+          error { message }
+          failureMetadata { description metadataEntries { label ... on TextMetadataEntry { text } } }
+        }
+        ... on RunFailureEvent { error { message } }
+      }
+    }
+    ... on Error { message }
+  }
+}"""
+
+
+# --- Transport ---------------------------------------------------------------------------------------
+
+
+class GraphQLTransport:
+    """Posts GraphQL documents to `<url>/graphql` and turns every failure into one clear client error.
+
+    Example: `GraphQLTransport("https://dagster.acme.io", headers={"Authorization": "Bearer ..."})`.
+    """
+
+    def __init__(self, url: str, *, headers: Mapping[str, str] | None = None, timeout: float = 30.0,
+                 session: requests.Session | None = None):
+        self.url = url.rstrip("/")
+        self.endpoint = f"{self.url}/graphql"
+        self.timeout = timeout
+        self._session = session or requests.Session()
+        self._session.headers.update(dict(headers or {}))
+
+    def execute(self, document: str, variables: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        try:
+            response = self._session.post(
+                self.endpoint, json={"query": document, "variables": dict(variables or {})},
+                timeout=self.timeout,
+            )
+        except requests.exceptions.InvalidURL as exc:
+            raise DagctlRequestError(f"'{self.url}' is not a valid webserver URL: {exc}") from exc
+        except requests.exceptions.MissingSchema as exc:
+            raise DagctlRequestError(
+                f"'{self.url}' is not a valid webserver URL: it needs a scheme, e.g. http://{self.url}"
+            ) from exc
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise DagctlUnreachableError(
+                f"cannot reach the Dagster webserver at {self.url}: {_short_reason(exc)}; "
+                f"check --url (or {URL_ENV}) and that the webserver is running"
+            ) from exc
+        except requests.RequestException as exc:
+            raise DagctlUnreachableError(f"request to {self.endpoint} failed: {_short_reason(exc)}") from exc
+        if response.status_code in (502, 503, 504):
+            raise DagctlUnreachableError(
+                f"the Dagster webserver at {self.url} is not available (HTTP {response.status_code} "
+                "from a proxy in front of it)"
+            )
+        if response.status_code in (401, 403):
+            raise DagctlRequestError(
+                f"{self.endpoint} refused the request (HTTP {response.status_code}): pass the credentials "
+                "your auth proxy needs with --header 'Name: value'"
+            )
+        try:
+            payload = response.json()
+        except ValueError as exc:
+            raise DagctlRequestError(
+                f"{self.endpoint} answered HTTP {response.status_code} without JSON: is {self.url} the "
+                "Dagster webserver?"
+            ) from exc
+        errors = payload.get("errors") if isinstance(payload, dict) else None
+        if errors:
+            message = "; ".join(str(error.get("message", error)) for error in errors)[:500]
+            raise DagctlRequestError(f"the Dagster GraphQL API refused the request: {message}")
+        if not response.ok or not isinstance(payload, dict) or "data" not in payload:
+            raise DagctlRequestError(
+                f"{self.endpoint} answered HTTP {response.status_code}: is {self.url} the Dagster webserver?"
+            )
+        return payload["data"]
+
+
+def _short_reason(exc: Exception) -> str:
+    text = str(exc)
+    for marker in ("Connection refused", "timed out", "Name or service not known", "No route to host"):
+        if marker in text:
+            return marker.lower()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _expect(result: Mapping[str, Any], typename: str, what: str) -> Mapping[str, Any]:
+    if result.get("__typename") != typename:
+        message = result.get("message") or result.get("__typename")
+        raise DagctlRequestError(f"{what}: {message}")
+    return result
+
+
+# --- The client --------------------------------------------------------------------------------------
+
+
+class DagctlClient:
+    """Lists, shows, creates, decides on, waits for and reads the logs of plans over GraphQL.
+
+    `sleep` and `monotonic` are the clock: tests and callers with their own event loop can inject them.
+
+    Example:
+
+        client = DagctlClient(os.environ.get("DAGCTL_URL", DEFAULT_URL), headers={"X-Token": token})
+        for plan in client.list_plans(environment="prod", status="pending"):
+            print(plan.plan_id, plan.missing)
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 30.0,
+        poll_interval: float = 2.0,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+    ):
+        self.transport = GraphQLTransport(url, headers=headers, timeout=timeout, session=session)
+        self.poll_interval = poll_interval
+        self._sleep = sleep
+        self._monotonic = monotonic
+        self._repositories: list[Mapping[str, Any]] | None = None
+
+    @property
+    def url(self) -> str:
+        return self.transport.url
+
+    # Reading plans -----------------------------------------------------------------------------------
+
+    def list_plans(
+        self, *, project: str | None = None, environment: str | None = None, status: str | None = None
+    ) -> list[PlanView]:
+        """Every plan matching the filters, newest first."""
+        wanted = PlanStatus(status) if status else None
+        plans: list[PlanView] = []
+        for asset_project, asset_env in self.list_plan_assets(project):
+            if environment and asset_env != environment:
+                continue
+            plans += [plan for plan in self._read_asset_plans(asset_project, asset_env).values()
+                      if wanted is None or plan.status is wanted]
+        return sorted(plans, key=lambda plan: plan.state.spec.created_at, reverse=True)
+
+    def list_plan_assets(self, project: str | None = None) -> list[tuple[str, str]]:
+        """`(project, environment)` of every plan asset the deployment defines or has events for."""
+        prefix = [PLAN_ASSET_PREFIX, project] if project else [PLAN_ASSET_PREFIX]
+        result = self.transport.execute(_ASSETS_QUERY, {"prefix": prefix})["assetsOrError"]
+        nodes = _expect(result, "AssetConnection", "cannot list plan assets")["nodes"]
+        keys = [tuple(node["key"]["path"]) for node in nodes]
+        return sorted((key[1], key[2]) for key in keys if len(key) == 3 and key[0] == PLAN_ASSET_PREFIX)
+
+    def get_plan(self, plan_id: str) -> PlanView:
+        """The plan's current state. Raises `DagctlPlanNotFoundError`, or `DagctlRunFailedError` when the
+        run that was to explain it failed before recording it."""
+        project, environment = split_plan_id(plan_id)
+        plan = self._read_asset_plans(project, environment).get(plan_id)
+        if plan is not None:
+            return plan
+        run = self._find_explaining_run(plan_id, project, environment)
+        if run is None:
+            raise DagctlPlanNotFoundError(
+                f"unknown plan '{plan_id}': no plan with this id was recorded for project '{project}', "
+                f"environment '{environment}' (see `dagctl plans list`)"
+            )
+        if run.status == "FAILURE" or run.status == "CANCELED":
+            raise DagctlRunFailedError(
+                f"plan {plan_id} was never recorded: its explaining run {run.run_id} "
+                f"{'failed' if run.status == 'FAILURE' else 'was cancelled'}: {self._failure_reason(run.run_id)}"
+            )
+        raise DagctlPlanNotFoundError(
+            f"plan {plan_id} is not recorded yet: its explaining run {run.run_id} is {run.status.lower()}",
+        )
+
+    def _read_asset_plans(self, project: str, environment: str) -> dict[str, PlanView]:
+        events, summaries = self._read_events(project, environment)
+        states = fold_plans(events)
+        return {plan_id: PlanView(state=state, summary=summaries.get(plan_id, ""))
+                for plan_id, state in states.items()}
+
+    def _read_events(self, project: str, environment: str) -> tuple[list[PlanEvent], dict[str, str]]:
+        """The asset's plan events in storage order, and the latest summary recorded for each plan."""
+        key = {"path": [PLAN_ASSET_PREFIX, project, environment]}
+        rows: list[Mapping[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            result = self.transport.execute(_EVENTS_QUERY, {"key": key, "limit": _PAGE, "cursor": cursor})
+            asset = result["assetOrError"]
+            if asset.get("__typename") != "Asset":
+                return [], {}
+            page = asset["assetEventHistory"]
+            # The history is newest first (by storage id); the fold needs the recorded order.
+            rows += page["results"]
+            if len(page["results"]) < _PAGE:
+                break
+            cursor = page["cursor"]
+        events: list[PlanEvent] = []
+        summaries: dict[str, str] = {}
+        for row in reversed(rows):
+            entries = {entry["label"]: entry for entry in row.get("metadataEntries", [])}
+            raw = entries.get(EVENT_METADATA_KEY, {}).get("jsonString")
+            if not raw:
+                continue
+            try:
+                event = PlanEvent.model_validate(json.loads(raw))
+            except (ValueError, ValidationError):
+                continue  # written by an incompatible version: skip it rather than hide the history
+            events.append(event)
+            summary = entries.get(SUMMARY_METADATA_KEY, {}).get("mdStr")
+            if summary:
+                summaries[event.plan_id] = summary
+        return events, summaries
+
+    def _find_explaining_run(self, plan_id: str, project: str, environment: str) -> RunInfo | None:
+        """The plan job run whose id the plan id was derived from, if it has not recorded the plan yet."""
+        runs = self.list_runs({"pipelineName": f"{project}_plan_job"}, limit=200)
+        for run in runs:
+            if PLAN_ID_TAG in run.tags:
+                continue  # an execution of a recorded plan, not an explanation
+            if build_plan_id(project, environment, run.run_id) == plan_id:
+                return run
+        return None
+
+    # Runs and logs -----------------------------------------------------------------------------------
+
+    def get_run(self, run_id: str) -> RunInfo:
+        result = self.transport.execute(_RUN_QUERY, {"runId": run_id})["runOrError"]
+        return _run_info(_expect(result, "Run", f"cannot read run {run_id}"))
+
+    def list_runs(self, run_filter: Mapping[str, Any], *, limit: int = 100) -> list[RunInfo]:
+        result = self.transport.execute(_RUNS_QUERY, {"filter": dict(run_filter), "limit": limit})
+        runs = _expect(result["runsOrError"], "Runs", "cannot list runs")["results"]
+        return [_run_info(run) for run in runs]
+
+    def list_plan_runs(self, plan: PlanView) -> list[RunInfo]:
+        """The runs of a plan, oldest first: the run that explained it, then its executions and retries."""
+        runs = {run.run_id: run for run in self.list_runs(
+            {"tags": [{"key": PLAN_ID_TAG, "value": plan.plan_id}]})}
+        for run_id in plan.state.run_ids:
+            if run_id not in runs:
+                try:
+                    runs[run_id] = self.get_run(run_id)
+                except DagctlRequestError:
+                    continue  # deleted from the run storage; its events stay in the plan's history
+        return sorted(runs.values(), key=lambda run: run.created_at)
+
+    def read_run_logs(self, run_id: str, cursor: str | None = None) -> tuple[list[LogLine], str | None]:
+        """The run's log events after `cursor`, and the cursor to continue from."""
+        lines: list[LogLine] = []
+        while True:
+            result = self.transport.execute(_LOGS_QUERY, {"runId": run_id, "cursor": cursor, "limit": 1000})
+            connection = _expect(result["logsForRun"], "EventConnection", f"cannot read the logs of run {run_id}")
+            for event in connection["events"]:
+                message = event.get("message")
+                if message is None:
+                    continue
+                lines.append(LogLine(
+                    run_id=run_id, at=_parse_time(event["timestamp"]) or datetime.now(UTC),
+                    level=event.get("level") or "INFO", step=event.get("stepKey"),
+                    event_type=event.get("eventType"), message=_event_text(event),
+                ))
+            cursor = connection["cursor"]
+            if not connection["hasMore"]:
+                return lines, cursor
+
+    def iter_plan_logs(self, plan_id: str, *, follow: bool = False) -> Iterator[LogLine]:
+        """The log lines of all runs of a plan, run by run.
+
+        With `follow`, keeps polling while the plan has an unfinished run or is about to get one (approved,
+        running, or failed with a retry requested), and returns once nothing more will run by itself.
+        """
+        cursors: dict[str, str | None] = {}
+        while True:
+            plan = self.get_plan(plan_id)
+            runs = self.list_plan_runs(plan)
+            for run in runs:
+                lines, cursors[run.run_id] = self.read_run_logs(run.run_id, cursors.get(run.run_id))
+                yield from lines
+            if not follow:
+                return
+            active = any(not run.is_finished for run in runs)
+            about_to_run = plan.status in (PlanStatus.APPROVED, PlanStatus.RUNNING) or (
+                plan.status is PlanStatus.FAILED and plan.state.retry_requested)
+            if not active and not about_to_run:
+                # One more read: events written between the last read and the run finishing.
+                for run in runs:
+                    lines, cursors[run.run_id] = self.read_run_logs(run.run_id, cursors.get(run.run_id))
+                    yield from lines
+                return
+            self._sleep(self.poll_interval)
+
+    def _failure_reason(self, run_id: str) -> str:
+        """The first step failure's description (the one-line reason our ops give), else the run's."""
+        lines_events = self.transport.execute(_LOGS_QUERY, {"runId": run_id, "cursor": None, "limit": 1000})
+        connection = lines_events["logsForRun"]
+        if connection.get("__typename") != "EventConnection":
+            return "see the run's logs"
+        for event in connection["events"]:
+            if event.get("__typename") == "ExecutionStepFailureEvent":
+                return _step_failure(event)[0]
+        for event in connection["events"]:
+            if event.get("__typename") == "RunFailureEvent":
+                return _first_line((event.get("error") or {}).get("message") or event.get("message", ""))
+        return "see the run's logs in the Dagster UI"
+
+    def _step_refusal(self, run_id: str) -> tuple[str, str | None]:
+        result = self.transport.execute(_LOGS_QUERY, {"runId": run_id, "cursor": None, "limit": 1000})
+        connection = result["logsForRun"]
+        if connection.get("__typename") == "EventConnection":
+            for event in connection["events"]:
+                if event.get("__typename") == "ExecutionStepFailureEvent":
+                    return _step_failure(event)
+        return self._failure_reason(run_id), None
+
+    # Launching ---------------------------------------------------------------------------------------
+
+    def _selector(self, job_name: str) -> dict[str, str]:
+        if self._repositories is None:
+            result = self.transport.execute(_REPOSITORIES_QUERY)["repositoriesOrError"]
+            self._repositories = list(_expect(result, "RepositoryConnection", "cannot list code locations")["nodes"])
+        for repository in self._repositories:
+            if any(job["name"] == job_name for job in repository["jobs"]):
+                return {"repositoryLocationName": repository["location"]["name"],
+                        "repositoryName": repository["name"], "jobName": job_name}
+        projects = sorted(job["name"][: -len("_plan_job")] for repository in self._repositories
+                          for job in repository["jobs"] if job["name"].endswith("_plan_job"))
+        if job_name.endswith("_plan_job"):
+            raise DagctlRequestError(
+                f"unknown project '{job_name[: -len('_plan_job')]}': {self.url} has no job {job_name} "
+                f"(projects: {', '.join(projects) or 'none'})"
+            )
+        raise DagctlRequestError(
+            f"{self.url} serves no job {job_name}: is the dagctl code location loaded there?"
+        )
+
+    def launch_run(self, job_name: str, run_config: Mapping[str, Any], tags: Mapping[str, str]) -> str:
+        """Launches a run of `job_name` and returns its run id (the run may wait in the queue)."""
+        params = {
+            "selector": self._selector(job_name),
+            "runConfigData": dict(run_config),
+            "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in tags.items()]},
+        }
+        result = self.transport.execute(_LAUNCH_MUTATION, {"params": params})["launchRun"]
+        if result.get("__typename") == "LaunchRunSuccess":
+            return result["run"]["runId"]
+        if result.get("__typename") == "RunConfigValidationInvalid":
+            problems = "; ".join(error["message"] for error in result["errors"])
+            raise DagctlRequestError(f"{job_name} refused the run config: {problems}")
+        raise DagctlRequestError(
+            f"cannot launch {job_name}: {result.get('message') or result.get('__typename')}"
+        )
+
+    def wait_for_run(self, run_id: str, *, timeout: float) -> RunInfo:
+        """Polls the run until it finished; `DagctlTimeoutError` after `timeout` seconds."""
+        deadline = self._monotonic() + timeout
+        while True:
+            run = self.get_run(run_id)
+            if run.is_finished:
+                return run
+            if self._monotonic() >= deadline:
+                hint = " (queued runs start only while dagster-daemon runs)" if run.status == "QUEUED" else ""
+                raise DagctlTimeoutError(
+                    f"run {run_id} of {run.job_name} is still {run.status.lower()} after {timeout:.0f}s{hint}"
+                )
+            self._sleep(self.poll_interval)
+
+    # Creating and deciding ---------------------------------------------------------------------------
+
+    def create_plan(
+        self,
+        project: str,
+        environment: str,
+        *,
+        commit: str = "",
+        requested_by: str = "",
+        wait: bool = True,
+        timeout: float = 600.0,
+    ) -> CreatedPlan:
+        """Launches the plan job to explain a new plan of `commit` (default: the branch head).
+
+        The plan id is known as soon as the run is launched. With `wait`, returns once the plan is recorded
+        and has left `explaining` (pending for a protected environment, approved or running otherwise), or
+        raises `DagctlRunFailedError` with the reason when it could not be explained.
+        """
+        self._check_environment(project, environment)
+        run_config = {"ops": {"detect": {"config": {
+            "environment": environment, "commit": commit, "requested_by": requested_by, "plan_id": ""}}}}
+        tags = {"dagctl/project": project, "dagctl/environment": environment,
+                "dagctl/lock": f"{project}.{environment}", "dagctl/trigger": "manual"}
+        run_id = self.launch_run(f"{project}_plan_job", run_config, tags)
+        plan_id = build_plan_id(project, environment, run_id)
+        if not wait:
+            return CreatedPlan(plan_id=plan_id, run_id=run_id)
+        deadline = self._monotonic() + timeout
+        while True:
+            try:
+                plan = self.get_plan(plan_id)
+                if plan.status is not PlanStatus.EXPLAINING:
+                    return CreatedPlan(plan_id=plan_id, run_id=run_id, plan=plan)
+            except DagctlPlanNotFoundError:
+                pass
+            if self._monotonic() >= deadline:
+                raise DagctlTimeoutError(
+                    f"plan {plan_id} is still being explained after {timeout:.0f}s (run {run_id})"
+                )
+            self._sleep(self.poll_interval)
+
+    def _check_environment(self, project: str, environment: str) -> None:
+        assets = self.list_plan_assets(project)
+        environments = sorted(env for name, env in assets if name == project)
+        if environments and environment not in environments:
+            raise DagctlRequestError(
+                f"project '{project}' has no environment '{environment}' "
+                f"(environments: {', '.join(environments)})"
+            )
+
+    def decide(
+        self,
+        plan_id: str,
+        decision: Decision | str,
+        *,
+        actor: str,
+        comment: str = "",
+        code: str | None = None,
+        timeout: float = 600.0,
+        environ: Mapping[str, str] | None = None,
+    ) -> DecisionResult:
+        """Records a decision on a plan with a run of the review job and waits for its outcome.
+
+        For an approval without `code`, the code is computed from the approver's secret when
+        `DAGCTL_APPROVER_SECRET_<ACTOR>` is set in `environ` (default: this process's environment).
+        Raises `DagctlRefusedError` (policy or state) with the server's one-line reason when refused.
+        """
+        decision = Decision(decision)
+        if not actor.strip():
+            raise DagctlRequestError("a decision needs an actor: pass --as NAME")
+        plan = self.get_plan(plan_id)
+        if decision is Decision.APPROVE and not code:
+            secret = (os.environ if environ is None else environ).get(approver_secret_env(actor))
+            if secret:
+                code = compute_approval_code(secret, plan_id, plan.state.spec.fingerprint)
+        run_config = {"ops": {"review": {"config": {
+            "plan_id": plan_id, "decision": decision.value, "actor": actor, "comment": comment,
+            "code": code or ""}}}}
+        run_id = self.launch_run(REVIEW_JOB_NAME, run_config, {REVIEWED_PLAN_TAG: plan_id})
+        run = self.wait_for_run(run_id, timeout=timeout)
+        if run.status != "SUCCESS":
+            reason, kind = self._step_refusal(run_id)
+            if kind in ("policy", "state"):
+                raise DagctlRefusedError(f"{decision.value} refused: {reason}", kind=kind)
+            raise DagctlRunFailedError(
+                f"the review run {run_id} {run.status.lower()}: {reason}"
+            )
+        return DecisionResult(plan_id=plan_id, decision=decision, actor=actor, run_id=run_id,
+                              code_sent=bool(code), plan=self.get_plan(plan_id))
+
+    # Waiting -----------------------------------------------------------------------------------------
+
+    def wait_for_plan(
+        self,
+        plan_id: str,
+        *,
+        timeout: float | None = None,
+        on_change: Callable[[PlanView], None] | None = None,
+    ) -> PlanView:
+        """Polls the plan until it is completed, failed (no retry requested), rejected or cancelled.
+
+        A plan whose explaining run is still queued is waited for too. `on_change` is called with the plan
+        each time its status changes. Raises `DagctlTimeoutError` after `timeout` seconds (none: forever).
+        """
+        deadline = None if timeout is None else self._monotonic() + timeout
+        last: PlanStatus | None = None
+        while True:
+            plan: PlanView | None
+            try:
+                plan = self.get_plan(plan_id)
+            except DagctlPlanNotFoundError:
+                if self._find_explaining_run(plan_id, *split_plan_id(plan_id)) is None:
+                    raise
+                plan = None
+            if plan is not None:
+                if plan.status is not last and on_change is not None:
+                    on_change(plan)
+                last = plan.status
+                if plan.is_waiting_done:
+                    return plan
+            if deadline is not None and self._monotonic() >= deadline:
+                where = last.value if last else "not recorded yet"
+                raise DagctlTimeoutError(f"plan {plan_id} is still {where} after {timeout:.0f}s")
+            self._sleep(self.poll_interval)
+
+
+def _run_info(run: Mapping[str, Any]) -> RunInfo:
+    return RunInfo(
+        run_id=run["runId"], job_name=run["jobName"], status=run["status"],
+        created_at=datetime.fromtimestamp(float(run["creationTime"]), tz=UTC),
+        tags={tag["key"]: tag["value"] for tag in run.get("tags", [])},
+    )
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in (text or "").strip().splitlines() if line.strip()]
+    return lines[0] if lines else "no reason given"
+
+
+def _step_failure(event: Mapping[str, Any]) -> tuple[str, str | None]:
+    """The one-line reason of a step failure and its refusal kind (from `dagctl/refusal`), if any."""
+    metadata = event.get("failureMetadata") or {}
+    kind = None
+    for entry in metadata.get("metadataEntries") or []:
+        if entry.get("label") == REFUSAL_METADATA_KEY:
+            kind = entry.get("text")
+    description = metadata.get("description")
+    if description:
+        return _first_line(description), kind
+    error = (event.get("error") or {}).get("message") or event.get("message", "")
+    return _first_line(error), kind
+
+
+def _event_text(event: Mapping[str, Any]) -> str:
+    if event.get("__typename") == "ExecutionStepFailureEvent":
+        return f"{event['message']} {_step_failure(event)[0]}".strip()
+    return event["message"]
+
