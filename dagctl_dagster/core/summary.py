@@ -12,6 +12,7 @@ from .dbt_changes import Scope
 from .lifecycle import PlanState, PlanStatus
 from .plan import PlanSpec
 from .policy import PolicyResult
+from .sqlmesh_plan import render_sqlmesh_summary
 
 REVIEW_JOB_NAME = "dagctl_review_job"
 MAX_FILES_SHOWN = 50
@@ -38,6 +39,8 @@ def _render_change_set(spec: PlanSpec) -> list[str]:
                 "**Removed:** " + ", ".join(f"`{path}`" for path in scope.removed)
                 + " (dbt does not drop the relations of removed models: drop them by hand)"
             )
+    if spec.sqlmesh is not None:
+        lines += ["", render_sqlmesh_summary(spec.sqlmesh)]
     if spec.commands:
         lines.append("**Commands:**")
         lines += [f"- `{shlex.join(argv)}`" for argv in spec.commands]

@@ -15,7 +15,13 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from dagster import AssetKey, OpExecutionContext, PipesSubprocessClient
+from dagster import (
+    AssetKey,
+    AssetMaterialization,
+    MaterializeResult,
+    OpExecutionContext,
+    PipesSubprocessClient,
+)
 from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource
 
 from ..core.errors import DagctlStepError
@@ -119,12 +125,17 @@ def _has_results(invocation) -> bool:
 def run_pipes_step(context: OpExecutionContext, step: StepSpec) -> Iterator[Any]:
     """Runs a non-dbt step (e.g. SQLMesh's verify-then-apply) as a dagster-pipes subprocess."""
     client = PipesSubprocessClient(cwd=step.working_dir)
+    # `python` in a step means the code location's own interpreter (in a pod: the image's).
+    argv = [sys.executable if step.argv[0] == "python" else step.argv[0], *step.argv[1:]]
     try:
         results = client.run(
-            command=list(step.argv), context=context,
+            command=argv, context=context,
             extras={"labels": step.labels}, env={**step.env, **resolve_secret_env(step)},
         )
-        yield from results.get_results()
+        for result in results.get_results():
+            # Outside an asset, a step's reported results are plain materializations.
+            if isinstance(result, MaterializeResult) and result.asset_key is not None:
+                yield AssetMaterialization(asset_key=result.asset_key, metadata=result.metadata)
     except DagctlStepError:
         raise
     except Exception as exc:  # dagster raises its own failure types for a non-zero exit

@@ -98,6 +98,13 @@ def plan_metadata(spec: PlanSpec) -> dict[str, Any]:
         metadata["scope"] = spec.dbt_scope.scope.value
         metadata["scope_reason"] = spec.dbt_scope.reason
         metadata["commands"] = MetadataValue.json([list(argv) for argv in spec.commands])
+    if spec.sqlmesh is not None:
+        metadata["has_changes"] = spec.sqlmesh.has_changes
+        metadata["sqlmesh_base_plan_id"] = spec.sqlmesh.base_plan_id or ""
+        metadata["sqlmesh_changes"] = MetadataValue.json(
+            [change.model_dump(mode="json", exclude={"diff"}) for change in spec.sqlmesh.changes])
+        metadata["sqlmesh_backfills"] = MetadataValue.json(
+            [interval.model_dump(mode="json") for interval in spec.sqlmesh.backfills])
     return metadata
 
 

@@ -126,6 +126,8 @@ def describe_pod(pod: Any | None) -> str:
             continue
         if state.terminated is not None:
             term = state.terminated
+            if kind == "init container" and term.exit_code == 0:
+                continue  # done its job; only the containers that explain the outcome are listed
             text = f"{kind} '{item.name}' terminated: {term.reason or 'unknown reason'}, exit code {term.exit_code}"
             if term.message and term.exit_code != 0:
                 text += f": {term.message.strip().splitlines()[-1]}"
