@@ -10,22 +10,27 @@ export DAGCTL_WAREHOUSE_DIR="$demo/warehouse"
 mkdir -p "$DAGSTER_HOME" "$DAGCTL_WAREHOUSE_DIR"
 cp "$root/dagster.yaml" "$DAGSTER_HOME/dagster.yaml"
 
-if [ ! -d "$demo/remote/jaffle.git" ]; then
-  echo "creating the demo Git remote $demo/remote/jaffle.git from examples/jaffle_dbt"
-  git init -q --bare -b main "$demo/remote/jaffle.git"
-  git init -q -b main "$demo/work/jaffle"
-  cp -r "$root/examples/jaffle_dbt/." "$demo/work/jaffle/"
-  git -C "$demo/work/jaffle" -c user.name="Demo User" -c user.email=demo@example.com add -A
-  git -C "$demo/work/jaffle" -c user.name="Demo User" -c user.email=demo@example.com \
-    commit -qm "Jaffle shop: first version"
-  git -C "$demo/work/jaffle" remote add origin "$demo/remote/jaffle.git"
-  git -C "$demo/work/jaffle" push -q origin main
-fi
+# make_remote NAME SOURCE: a bare Git remote $demo/remote/NAME.git and a working clone $demo/work/NAME.
+make_remote() {
+  local name="$1" source="$2" work="$demo/work/$1"
+  [ -d "$demo/remote/$name.git" ] && return
+  echo "creating the demo Git remote $demo/remote/$name.git from $source"
+  git init -q --bare -b main "$demo/remote/$name.git"
+  git init -q -b main "$work"
+  cp -r "$root/$source/." "$work/"
+  git -C "$work" add -A
+  git -C "$work" -c user.name="Demo User" -c user.email=demo@example.com commit -qm "$name: first version"
+  git -C "$work" remote add origin "$demo/remote/$name.git"
+  git -C "$work" push -q origin main
+}
+make_remote jaffle examples/jaffle_dbt
+make_remote shop examples/sqlmesh_shop
 
 cat <<MSG
 
 dagctl demo: Dagster UI on http://127.0.0.1:3000 (Ctrl-C stops it).
-The sensor plans version "1" for dev (runs by itself) and prod (waits for alice or bob).
+The sensors plan the dbt project 'jaffle' (version "1") and the SQLMesh project 'shop' for dev (runs by
+itself) and prod (waits for an approval by alice or bob).
 
 To change a model, bump the version and push, in another terminal:
 
@@ -33,8 +38,9 @@ To change a model, bump the version and push, in another terminal:
   sed -i 's/^version: .*/version: "2"/' .dagctl/config.yaml
   git -c user.name="Demo User" -c user.email=demo@example.com commit -qam "Change customers" && git push -q
 
-Approve prod from the launchpad of dagctl_review_job, or:
-  DAGSTER_URL=http://127.0.0.1:3000 uv run dagctl plans list
+Approve prod from the launchpad of dagctl_review_job (the plan's asset page shows the config), or:
+  uv run dagctl plans list
+  uv run dagctl plans approve <plan id> --as alice
 
 MSG
 cd "$root"

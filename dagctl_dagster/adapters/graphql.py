@@ -490,10 +490,10 @@ class DagctlClient:
                 f"unknown plan '{plan_id}': no plan with this id was recorded for project '{project}', "
                 f"environment '{environment}' (see `dagctl plans list`)"
             )
-        if run.status == "FAILURE" or run.status == "CANCELED":
+        if run.is_finished:
             raise DagctlRunFailedError(
-                f"plan {plan_id} was never recorded: its explaining run {run.run_id} "
-                f"{'failed' if run.status == 'FAILURE' else 'was cancelled'}: {self._failure_reason(run.run_id)}"
+                f"plan {plan_id} was never recorded: its explaining run {run.run_id} {_ended(run)}: "
+                f"{self._failure_reason(run.run_id)}"
             )
         raise DagctlPlanNotFoundError(
             f"plan {plan_id} is not recorded yet: its explaining run {run.run_id} is {run.status.lower()}",
@@ -775,9 +775,7 @@ class DagctlClient:
             reason, kind = self._step_refusal(run_id)
             if kind in ("policy", "state"):
                 raise DagctlRefusedError(f"{decision.value} refused: {reason}", kind=kind)
-            raise DagctlRunFailedError(
-                f"the review run {run_id} {run.status.lower()}: {reason}"
-            )
+            raise DagctlRunFailedError(f"the review run {run_id} {_ended(run)}: {reason}")
         return DecisionResult(plan_id=plan_id, decision=decision, actor=actor, run_id=run_id,
                               code_sent=bool(code), plan=self.get_plan(plan_id))
 
@@ -823,6 +821,11 @@ def _run_info(run: Mapping[str, Any]) -> RunInfo:
         created_at=datetime.fromtimestamp(float(run["creationTime"]), tz=UTC),
         tags={tag["key"]: tag["value"] for tag in run.get("tags", [])},
     )
+
+
+def _ended(run: RunInfo) -> str:
+    return {"SUCCESS": "succeeded", "FAILURE": "failed", "CANCELED": "was cancelled"}.get(
+        run.status, run.status.lower())
 
 
 def _first_line(text: str) -> str:

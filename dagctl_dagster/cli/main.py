@@ -45,6 +45,7 @@ from ..adapters.graphql import (
 )
 from ..core.errors import DagctlError
 from ..core.lifecycle import Decision, PlanStatus
+from ..core.summary import render_plan_summary
 
 EXIT_OK = 0
 EXIT_PLAN_FAILED = 1
@@ -197,15 +198,14 @@ def format_plan_table(plans: Sequence[PlanView]) -> str:
 def format_plan(plan: PlanView, runs: Sequence[RunInfo]) -> str:
     """`plans show`: the server's summary (it knows the policy), then the full history and the runs."""
     state = plan.state
-    lines = [plan.summary.strip() or f"Plan {plan.plan_id}: {state.status.value}", ""]
-    if state.approvals:
-        lines.append("Approvals recorded:")
+    if plan.summary.strip():
+        lines = [plan.summary.strip(), ""]
+    else:  # recorded by a version that wrote no summary: what the client can tell from the events
+        lines = [render_plan_summary(state), "", "Approvals recorded:"]
         lines += [f"  {a.actor} at {a.at:%Y-%m-%d %H:%M:%S} UTC, "
-                  f"{'verified' if a.verified else 'not verified (self-asserted)'}"
-                  + (f": {a.comment}" if a.comment else "") for a in state.approvals]
+                  f"{'verified' if a.verified else 'not verified (self-asserted)'}" for a in state.approvals]
+        lines += ["  none"] if not state.approvals else []
         lines.append("")
-    if plan.missing:
-        lines += ["Approvals missing: " + "; ".join(plan.missing), ""]
     history = [("AT (UTC)", "ACTOR", "WHAT", "REASON")]
     history += [(f"{entry.at:%Y-%m-%d %H:%M:%S}", entry.actor, entry.what, _shorten(entry.reason, 80))
                 for entry in state.history]

@@ -13,9 +13,10 @@ from pathlib import Path
 from dagster import AssetSpec, Definitions
 
 from ..core.config import DEFAULT_CONFIG_PATH, DeploymentConfig, load_deployment_config
-from .plan_job import build_plan_job
+from .plan_job import build_plan_job, build_plan_ops
 from .review import build_review_job
 from .runtime import PlanRuntime, resolve_storage_dir
+from .schedules import build_recurring_job, build_recurring_op, build_schedule
 from .sensors import build_approval_sensor, build_plan_sensor, build_run_failure_sensor
 from .store import PLAN_GROUP, plan_asset_key
 
@@ -25,7 +26,8 @@ def build_definitions(runtime: PlanRuntime) -> Definitions:
 
     Example: `build_definitions(PlanRuntime(deployment=config, storage_dir=tmp_path))`.
     """
-    plan_jobs = {project.name: build_plan_job(runtime, project) for project in runtime.deployment.projects}
+    ops = build_plan_ops(runtime)
+    plan_jobs = {project.name: build_plan_job(project, ops) for project in runtime.deployment.projects}
     review_job = build_review_job(runtime)
     sensors = [build_plan_sensor(runtime, project, plan_jobs[project.name])
                for project in runtime.deployment.projects]
@@ -42,7 +44,15 @@ def build_definitions(runtime: PlanRuntime) -> Definitions:
         for project in runtime.deployment.projects
         for env in project.environments
     ]
-    return Definitions(assets=assets, jobs=[*plan_jobs.values(), review_job], sensors=sensors)
+    recurring_jobs, schedules = [], []
+    recurring_op = build_recurring_op(runtime)
+    for project in runtime.deployment.projects:
+        if project.schedules:
+            recurring = build_recurring_job(project, recurring_op)
+            recurring_jobs.append(recurring)
+            schedules += [build_schedule(runtime, project, s, recurring) for s in project.schedules]
+    return Definitions(assets=assets, jobs=[*plan_jobs.values(), review_job, *recurring_jobs],
+                       sensors=sensors, schedules=schedules)
 
 
 def build_runtime_from_config(path: str | Path) -> PlanRuntime:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
+from collections import deque
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -90,10 +92,38 @@ def run_dbt_step(
         os.environ.update(env_backup)
 
 
+def resolve_executable(name: str) -> str:
+    """`python`, `dbt`, `sqlmesh` from the code location's own environment (a virtualenv works without
+    activating it); in a pod, the image's own executables run the same argv."""
+    if name == "python":
+        return sys.executable
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else name
+
+
 def dbt_executable() -> str:
-    """dbt from the code location's own environment, so a virtualenv works without activating it."""
-    beside = Path(sys.executable).parent / "dbt"
-    return str(beside) if beside.exists() else "dbt"
+    return resolve_executable("dbt")
+
+
+def run_command_step(context: OpExecutionContext, step: StepSpec) -> None:
+    """Runs a plain command, streaming each output line into the run's logs as it is printed.
+
+    Raises `DagctlStepError` with the exit code and the last lines when the command fails.
+    """
+    argv = [resolve_executable(step.argv[0]), *step.argv[1:]]
+    env = {**os.environ, **step.env, **resolve_secret_env(step)}
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    with subprocess.Popen(argv, cwd=step.working_dir, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, bufsize=1) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            line = line.rstrip()
+            tail.append(line)
+            context.log.info(line)
+    if process.returncode != 0:
+        last = "\n".join(tail)
+        raise DagctlStepError(
+            f"`{' '.join(step.argv)}` exited with code {process.returncode}; last lines:\n{last}")
 
 
 def _log_line(context: OpExecutionContext, raw_event: Mapping[str, Any]) -> None:
@@ -125,8 +155,7 @@ def _has_results(invocation) -> bool:
 def run_pipes_step(context: OpExecutionContext, step: StepSpec) -> Iterator[Any]:
     """Runs a non-dbt step (e.g. SQLMesh's verify-then-apply) as a dagster-pipes subprocess."""
     client = PipesSubprocessClient(cwd=step.working_dir)
-    # `python` in a step means the code location's own interpreter (in a pod: the image's).
-    argv = [sys.executable if step.argv[0] == "python" else step.argv[0], *step.argv[1:]]
+    argv = [resolve_executable(step.argv[0]), *step.argv[1:]]
     try:
         results = client.run(
             command=argv, context=context,

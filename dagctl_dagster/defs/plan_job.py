@@ -8,13 +8,14 @@ a hand-written run config can never skip approval.
 
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from dagster import (
     Config,
     Failure,
     In,
     MetadataValue,
+    OpDefinition,
     OpExecutionContext,
     Out,
     Output,
@@ -130,21 +131,38 @@ def _fail(context: OpExecutionContext, message: str) -> Failure:
     return Failure(description=message)
 
 
-def build_plan_job(runtime: PlanRuntime, project: ProjectConfig):
-    """The plan job of one project. Example: `build_plan_job(runtime, project).name == "jaffle_plan_job"`."""
+PLAN_JOB_SUFFIX = "_plan_job"
+
+
+class PlanOps(NamedTuple):
+    detect: OpDefinition
+    gate: OpDefinition
+    build: OpDefinition
+    execute: OpDefinition
+
+
+def build_plan_ops(runtime: PlanRuntime) -> PlanOps:
+    """The four ops, shared by every project's plan job: op names must be unique in a code location, and
+    one definition per name keeps the launchpad config (`ops: detect: config: ...`) the same everywhere.
+    Each op finds its project from the name of the job it runs in."""
+
+    def project_of(context: OpExecutionContext) -> ProjectConfig:
+        return runtime.deployment.get_project(context.job_name.removesuffix(PLAN_JOB_SUFFIX))
 
     @op(name="detect", out=Out(Detected))
     def detect(context: OpExecutionContext, config: PlanConfig) -> Detected:
         """Finds the change set (new plan) or recomputes it on the pinned commits (execution)."""
         try:
+            project = project_of(context)
             env = project.get_environment(config.environment)
             if config.plan_id:
-                return _redetect(context, env, config.plan_id)
-            return _detect_new(context, env, config)
+                return _redetect(context, project, env, config.plan_id)
+            return _detect_new(context, project, env, config)
         except DagctlError as exc:
             raise _fail(context, str(exc)) from exc
 
-    def _detect_new(context: OpExecutionContext, env: EnvironmentConfig, config: PlanConfig) -> Detected:
+    def _detect_new(context: OpExecutionContext, project: ProjectConfig, env: EnvironmentConfig,
+                    config: PlanConfig) -> Detected:
         mirror = runtime.mirror(project)
         mirror.ensure()
         branch = project.tracked_branch(env)
@@ -168,7 +186,8 @@ def build_plan_job(runtime: PlanRuntime, project: ProjectConfig):
             ))
         return Detected(spec=spec, recomputed_fingerprint=spec.fingerprint, is_execution=False)
 
-    def _redetect(context: OpExecutionContext, env: EnvironmentConfig, plan_id: str) -> Detected:
+    def _redetect(context: OpExecutionContext, project: ProjectConfig, env: EnvironmentConfig,
+                  plan_id: str) -> Detected:
         state = get_plan_state(context.instance, plan_id)
         spec = state.spec
         if (spec.project, spec.environment) != (project.name, env.name):
@@ -191,6 +210,7 @@ def build_plan_job(runtime: PlanRuntime, project: ProjectConfig):
     def gate(context: OpExecutionContext, detected: Detected) -> Iterator[Output]:
         """Holds protected plans for approval; re-checks everything before a plan may execute."""
         spec = detected.spec
+        project = project_of(context)
         env = project.get_environment(spec.environment)
         state = get_plan_state(context.instance, spec.plan_id)
         if not detected.is_execution:
@@ -215,7 +235,9 @@ def build_plan_job(runtime: PlanRuntime, project: ProjectConfig):
     @op(name="build", ins={"spec": In(PlanSpec)}, out=Out(str, is_required=False))
     def build(context: OpExecutionContext, spec: PlanSpec) -> Iterator[Output]:
         """Builds the artifact of the pinned commit (a snapshot locally, an image on Kubernetes)."""
-        artifact = yield from _guarded(context, spec, lambda: build_artifact(context, runtime, project, spec))
+        project = project_of(context)
+        artifact = yield from _guarded(context, project, spec,
+                                       lambda: build_artifact(context, runtime, project, spec))
         if spec.dbt_scope is not None and not spec.dbt_scope.requires_dbt:
             runtime.record(context, build_status_event(
                 spec.plan_id, PlanStatus.COMPLETED, actor=SYSTEM_ACTOR, at=runtime.clock(),
@@ -226,13 +248,15 @@ def build_plan_job(runtime: PlanRuntime, project: ProjectConfig):
     @op(name="execute", ins={"spec": In(PlanSpec), "artifact": In(str)})
     def execute(context: OpExecutionContext, spec: PlanSpec, artifact: str) -> Iterator[Any]:
         """Runs exactly the approved command lines on the built artifact."""
-        yield from _guarded(context, spec, lambda: execute_plan(context, runtime, project, spec, artifact))
+        project = project_of(context)
+        yield from _guarded(context, project, spec,
+                            lambda: execute_plan(context, runtime, project, spec, artifact))
         runtime.record(context, build_status_event(
             spec.plan_id, PlanStatus.COMPLETED, actor=SYSTEM_ACTOR, at=runtime.clock(),
             reason="executed", run_id=context.run_id))
         yield Output(None)
 
-    def _guarded(context: OpExecutionContext, spec: PlanSpec, work):
+    def _guarded(context: OpExecutionContext, project: ProjectConfig, spec: PlanSpec, work):
         """Admits re-executions (they count as retries) and records a failure before re-raising it."""
         state = get_plan_state(context.instance, spec.plan_id)
         if not (state.status is PlanStatus.RUNNING and context.run_id in state.run_ids):
@@ -253,11 +277,17 @@ def build_plan_job(runtime: PlanRuntime, project: ProjectConfig):
                 reason=message[:2000], run_id=context.run_id))
             raise _fail(context, f"plan {spec.plan_id} failed: {message}") from exc
 
-    @job(name=f"{project.name}_plan_job", tags=plan_run_tags(project.name),
+    return PlanOps(detect=detect, gate=gate, build=build, execute=execute)
+
+
+def build_plan_job(project: ProjectConfig, ops: PlanOps):
+    """The plan job of one project. Example: `build_plan_job(project, ops).name == "jaffle_plan_job"`."""
+
+    @job(name=f"{project.name}{PLAN_JOB_SUFFIX}", tags=plan_run_tags(project.name),
          description=f"Plans of {project.framework} project '{project.name}': detect, gate, build, execute.")
     def plan_job():
-        spec = gate(detect())
-        execute(spec, build(spec))
+        spec = ops.gate(ops.detect())
+        ops.execute(spec, ops.build(spec))
 
     return plan_job
 
