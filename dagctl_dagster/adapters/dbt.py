@@ -45,13 +45,14 @@ def explain_dbt_plan(
                                 target_commit=head, base_commit=None, base_version=None,
                                 triggered_by="sensor", requested_by=None, now=now)
     """
-    version = read_project_version(mirror, project, target_commit)
-    entries = mirror.diff(base_commit, target_commit, subdirectory=project.subdirectory)
-    files = tuple(build_file_change(e.path, e.change_type, e.old_path) for e in entries)
+    config_path = _project_path(project, PROJECT_CONFIG_PATH)
+    read = mirror.read_change(base_commit, target_commit, subdirectory=project.subdirectory,
+                              file_path=config_path)
+    version = parse_project_repo_config(read.file_text, path=config_path, commit=target_commit).version
+    files = tuple(build_file_change(e.path, e.change_type, e.old_path) for e in read.entries)
     scope = build_dbt_scope(files, has_base=base_commit is not None,
                             include_downstream=env.include_downstream)
-    info = mirror.commit_info(target_commit)
-    ahead = mirror.commits_ahead(base_commit, target_commit) if base_commit else 0
+    info, ahead = read.info, read.ahead
     return seal_plan(PlanSpec(
         plan_id=plan_id,
         project=project.name,

@@ -21,12 +21,13 @@ import os
 import re
 import shlex
 import shutil
+import subprocess
 import tarfile
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import git
@@ -42,6 +43,8 @@ NETWORK_TIMEOUT_SECONDS = 600.0
 
 # The tree with no entries; git knows it without it being stored, so it serves as the base of a first diff.
 _EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
+_FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
+_AUTHOR = re.compile(rb"^author (.*) <(.*)> (\d+) ([+-]\d{4})$", re.MULTILINE)
 
 # Only branches are mirrored: `clone --mirror` would also copy e.g. GitHub's refs/pull/*, which can be huge.
 _BRANCHES_REFSPEC = "+refs/heads/*:refs/heads/*"
@@ -83,6 +86,16 @@ class CommitInfo:
     author: str
     author_name: str
     authored_at: datetime
+
+
+@dataclass(frozen=True)
+class ChangeRead:
+    """What `detect` reads from Git in one round trip (see `GitMirror.read_change`)."""
+
+    entries: list[DiffEntry]
+    info: CommitInfo
+    file_text: str | None
+    ahead: int
 
 
 @dataclass(frozen=True)
@@ -450,6 +463,59 @@ class GitMirror:
             raise self._error(f"diff {base} and {target} in", stderr, hint="check both commits")
         return _parse_name_status(output, subdirectory)
 
+    def read_change(
+        self, base: str | None, target: str, *, subdirectory: str | None = None, file_path: str
+    ) -> ChangeRead:
+        """Everything `detect` needs from Git, read by concurrent git processes (one round trip).
+
+        The diff (as `diff`), the target's commit info (as `commit_info`), one file at the target (as
+        `read_file`) and the commits ahead (as `commits_ahead`) come from at most three git processes started
+        together: `detect` costs little more than `git diff` itself. `target` (and `base`) must be full shas.
+        On any failure it falls back to the individual reads, which raise the precise `DagctlGitError`.
+
+        Example: `mirror.read_change(base, head, subdirectory="dbt", file_path="dbt/.dagctl/config.yaml")`.
+        """
+        self._require_mirror()
+        for ref in (base, target):
+            if ref is not None and not _FULL_SHA.match(ref):
+                raise DagctlGitError(f"read_change needs full commit shas, got '{ref}'")
+        subdirectory = _normalize_subdirectory(subdirectory)
+        path = file_path.strip().lstrip("/").removeprefix("./")
+        env = {**os.environ, **self._mirror_env(self.mirror_dir)}
+        diff_args = ["diff", "--name-status", "-z", "-M", "--no-ext-diff", "--no-relative",
+                     base or _EMPTY_TREE, target, "--"]
+        if subdirectory:
+            diff_args.append(f":(top,literal){subdirectory}/")
+        commands = {"diff": diff_args, "objects": ["cat-file", "--batch"]}
+        if base is not None:
+            commands["ahead"] = ["rev-list", "--count", f"{base}..{target}"]
+        processes = {
+            name: subprocess.Popen(["git", *args], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE)
+            for name, args in commands.items()
+        }
+        outputs = {}
+        for name, process in processes.items():
+            stdin = f"{target}\n{target}:{path}\n".encode() if name == "objects" else None
+            outputs[name] = (*process.communicate(stdin), process.returncode)
+        if any(code != 0 for _, _, code in outputs.values()):
+            return ChangeRead(
+                entries=self.diff(base, target, subdirectory=subdirectory), info=self.commit_info(target),
+                file_text=self.read_file(target, path), ahead=self.commits_ahead(base, target) if base else 0)
+        commit_raw, file_raw = _parse_batch(outputs["objects"][0])
+        try:
+            file_text = file_raw.decode("utf-8") if file_raw is not None else None
+        except UnicodeDecodeError as error:
+            raise DagctlGitError(
+                f"File '{path}' at commit {target[:12]} of {self.display_url} is not UTF-8 text: save it as UTF-8."
+            ) from error
+        return ChangeRead(
+            entries=_parse_name_status(outputs["diff"][0].decode("utf-8", "surrogateescape"), subdirectory),
+            info=_parse_commit_object(target, commit_raw),
+            file_text=file_text,
+            ahead=int(outputs["ahead"][0]) if base is not None else 0,
+        )
+
     def tree_id(self, commit: str, subdirectory: str | None = None) -> str:
         """The id of the tree of `commit` (or of its `subdirectory`): a content hash of the snapshot.
 
@@ -642,3 +708,38 @@ def _check_ref_argument(ref: str, kind: str, display_url: str) -> None:
     # A leading dash would be read by git as an option.
     if not ref or ref.startswith("-") or any(character.isspace() or character == "\0" for character in ref):
         raise DagctlGitError(f"Invalid {kind} name {ref!r} for {display_url}: give a branch name or a commit sha.")
+
+
+def _parse_batch(output: bytes) -> tuple[bytes, bytes | None]:
+    """The two objects of `git cat-file --batch` for `<commit>` and `<commit>:<path>` (None: no such file)."""
+    objects: list[bytes | None] = []
+    position = 0
+    while position < len(output) and len(objects) < 2:
+        end = output.index(b"\n", position)
+        header = output[position:end].split()
+        if len(header) == 2 and header[1] == b"missing":
+            objects.append(None)
+            position = end + 1
+            continue
+        size = int(header[2])
+        objects.append(output[end + 1:end + 1 + size] if header[1] == b"blob" or not objects else None)
+        position = end + 1 + size + 1
+    commit, blob = (objects + [None, None])[:2]
+    if commit is None:
+        raise DagctlGitError("git cat-file did not return the target commit")
+    return commit, blob
+
+
+def _parse_commit_object(sha: str, raw: bytes) -> CommitInfo:
+    headers, _, message = raw.partition(b"\n\n")
+    match = _AUTHOR.search(headers)
+    if match is None:
+        raise DagctlGitError(f"commit {sha[:12]} has no author line")
+    name, email = match.group(1).decode(), match.group(2).decode()
+    sign = -1 if match.group(4).startswith(b"-") else 1
+    hours, minutes = int(match.group(4)[1:3]), int(match.group(4)[3:5])
+    zone = timezone(sign * timedelta(hours=hours, minutes=minutes))
+    authored = datetime.fromtimestamp(int(match.group(3)), zone).astimezone(UTC)
+    subject = message.decode("utf-8", "replace").strip().split("\n\n", 1)[0].replace("\n", " ")
+    return CommitInfo(sha=sha, short_sha=sha[:12], message=subject, author=f"{name} <{email}>",
+                      author_name=name, authored_at=authored)

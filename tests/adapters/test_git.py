@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from dagctl_dagster.adapters.git import (
+    ChangeRead,
     CommitInfo,
     DiffEntry,
     GitMirror,
@@ -517,3 +518,36 @@ def test_credentials_in_the_url_and_token_never_appear_in_errors_of_an_unreachab
 
     assert "secret-pw" not in repr(mirror)
     assert os.listdir(tmp_path / "mirrors") == ["repo.git.lock"]  # A failed ensure leaves no half mirror.
+
+
+def test_read_change_in_one_round_trip_equals_the_individual_reads(
+    mirror: GitMirror, remote: RemoteRepository
+) -> None:
+    base = remote.head()
+    remote.commit({"dbt/models/orders.sql": "select 3 as id\n", "dbt/.dagctl/config.yaml": 'version: "2"\n'})
+    target = remote.commit({"dbt/seeds/countries.csv": "code\nFR\n"}, message="Add countries\n\nBody.")
+    mirror.refresh_branch("main")
+
+    read = mirror.read_change(base, target, subdirectory="dbt", file_path="dbt/.dagctl/config.yaml")
+
+    assert read == ChangeRead(
+        entries=mirror.diff(base, target, subdirectory="dbt"),
+        info=mirror.commit_info(target),
+        file_text=mirror.read_file(target, "dbt/.dagctl/config.yaml"),
+        ahead=mirror.commits_ahead(base, target),
+    )
+    assert (read.file_text, read.ahead, read.info.message) == ('version: "2"\n', 2, "Add countries")
+
+
+def test_read_change_without_a_base_or_the_file_lists_everything_and_no_file(
+    fetched_mirror: GitMirror, remote: RemoteRepository
+) -> None:
+    read = fetched_mirror.read_change(None, remote.head(), file_path=".dagctl/config.yaml")
+
+    assert (read.file_text, read.ahead) == (None, 0)
+    assert [entry.change_type for entry in read.entries] == ["added"] * 4
+
+
+def test_read_change_needs_full_shas(fetched_mirror: GitMirror) -> None:
+    with pytest.raises(DagctlGitError, match="read_change needs full commit shas, got 'main'"):
+        fetched_mirror.read_change(None, "main", file_path="x")
