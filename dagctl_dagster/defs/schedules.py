@@ -59,7 +59,7 @@ RECURRING_JOB_SUFFIX = "_recurring_job"
 def build_recurring_op(runtime: PlanRuntime):
     """The op of every project's recurring job; it finds its project from the job's name."""
 
-    @op(name="run_recurring")
+    @op(name="run_recurring", out={})
     def run_recurring(context: OpExecutionContext, config: RecurringConfig):
         """Runs the command on the environment's deployed commit."""
         try:

@@ -4,13 +4,13 @@ One module-scoped deployment: the sensor plans version 1 (first deployment, scop
 pushes a change and follows it through the sensor and the plan job.
 """
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import duckdb
 import pytest
 from dagster import AssetKey, DagsterInstance, SkipReason, build_sensor_context, instance_for_test
+
+from fixtures.git_repos import DBT_PROFILES, GitRepo, make_repo
 
 from dagctl_dagster.core.config import parse_deployment_config
 from dagctl_dagster.core.lifecycle import PlanStatus
@@ -18,52 +18,15 @@ from dagctl_dagster.defs.definitions import build_definitions
 from dagctl_dagster.defs.runtime import PlanRuntime
 from dagctl_dagster.defs.store import read_plan_states
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE = REPO_ROOT / "examples" / "jaffle_dbt"
-PROFILES = REPO_ROOT / "examples" / "dbt_profiles"
-
-
-class Remote:
-    """A bare Git remote and a working clone that pushes to it, as a developer would."""
-
-    def __init__(self, root: Path):
-        self.bare = root / "remote.git"
-        self.work = root / "work"
-        subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(self.bare)], check=True)
-        shutil.copytree(EXAMPLE, self.work)
-        self.git("init", "-q", "-b", "main")
-        self.git("remote", "add", "origin", str(self.bare))
-        self.commit("Jaffle shop, version 1")
-
-    def git(self, *args: str) -> str:
-        return subprocess.run(
-            ["git", "-c", "user.name=carol", "-c", "user.email=carol@example.com", *args],
-            cwd=self.work, check=True, capture_output=True, text=True,
-        ).stdout.strip()
-
-    def commit(self, message: str, files: dict[str, str] | None = None) -> str:
-        for path, text in (files or {}).items():
-            (self.work / path).parent.mkdir(parents=True, exist_ok=True)
-            (self.work / path).write_text(text)
-        self.git("add", "-A")
-        self.git("commit", "-qm", message)
-        self.git("push", "-q", "origin", "main")
-        return self.git("rev-parse", "HEAD")
-
-    def read(self, path: str) -> str:
-        return (self.work / path).read_text()
-
-
-def build_deployment(tmp: Path, remote: Remote, extra_projects: str = ""):
+def build_deployment(tmp: Path, remote: GitRepo):
     config = parse_deployment_config(f"""
 projects:
   - name: jaffle
     framework: dbt
-    repository: {remote.bare}
-    dbt: {{profiles_dir: {PROFILES}}}
+    repository: {remote.url}
+    dbt: {{profiles_dir: {DBT_PROFILES}}}
     environments:
       - {{name: dev}}
-{extra_projects}
 """, source="test-dagctl.yaml")
     runtime = PlanRuntime(deployment=config, storage_dir=tmp / "data", config_dir=tmp)
     return runtime, build_definitions(runtime)
@@ -76,7 +39,7 @@ def deployment(tmp_path_factory):
     warehouse.mkdir()
     mp = pytest.MonkeyPatch()
     mp.setenv("DAGCTL_WAREHOUSE_DIR", str(warehouse))
-    remote = Remote(tmp)
+    remote = make_repo(tmp / "repo")
     runtime, defs = build_deployment(tmp, remote)
     with instance_for_test() as instance:
         first = run_sensor_plans(defs, instance)
