@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .adapters.graphql import DagctlClient as DagctlClient
     from .adapters.graphql import DagctlClientError as DagctlClientError
     from .adapters.graphql import DagctlPlanNotFoundError as DagctlPlanNotFoundError
+    from .adapters.graphql import DagctlPlanNotRecordedError as DagctlPlanNotRecordedError
     from .adapters.graphql import DagctlRefusedError as DagctlRefusedError
     from .adapters.graphql import DagctlRequestError as DagctlRequestError
     from .adapters.graphql import DagctlRunFailedError as DagctlRunFailedError
@@ -33,9 +34,9 @@ if TYPE_CHECKING:
     from .core.errors import DagctlError as DagctlError
 
 _CLIENT_API = frozenset({
-    "CreatedPlan", "DagctlClient", "DagctlClientError", "DagctlPlanNotFoundError", "DagctlRefusedError",
-    "DagctlRequestError", "DagctlRunFailedError", "DagctlTimeoutError", "DagctlUnreachableError",
-    "DecisionResult", "LogLine", "PlanView", "RunInfo",
+    "CreatedPlan", "DagctlClient", "DagctlClientError", "DagctlPlanNotFoundError", "DagctlPlanNotRecordedError",
+    "DagctlRefusedError", "DagctlRequestError", "DagctlRunFailedError", "DagctlTimeoutError",
+    "DagctlUnreachableError", "DecisionResult", "LogLine", "PlanView", "RunInfo",
 })
 
 __all__ = sorted([*_CLIENT_API, "DagctlError"])

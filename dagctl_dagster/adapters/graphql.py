@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -69,6 +69,10 @@ class DagctlRequestError(DagctlClientError):
 
 class DagctlPlanNotFoundError(DagctlClientError):
     """No plan with this id exists, and no run is explaining one."""
+
+
+class DagctlPlanNotRecordedError(DagctlPlanNotFoundError):
+    """The plan's explaining run has not recorded it yet (queued or still running `detect`)."""
 
 
 class DagctlRefusedError(DagctlClientError):
@@ -495,8 +499,8 @@ class DagctlClient:
                 f"plan {plan_id} was never recorded: its explaining run {run.run_id} {_ended(run)}: "
                 f"{self._failure_reason(run.run_id)}"
             )
-        raise DagctlPlanNotFoundError(
-            f"plan {plan_id} is not recorded yet: its explaining run {run.run_id} is {run.status.lower()}",
+        raise DagctlPlanNotRecordedError(
+            f"plan {plan_id} is not recorded yet: its explaining run {run.run_id} is {run.status.lower()}"
         )
 
     def _read_asset_plans(self, project: str, environment: str) -> dict[str, PlanView]:
@@ -593,26 +597,20 @@ class DagctlClient:
     def iter_plan_logs(self, plan_id: str, *, follow: bool = False) -> Iterator[LogLine]:
         """The log lines of all runs of a plan, run by run.
 
-        With `follow`, keeps polling while the plan has an unfinished run or is about to get one (approved,
-        running, or failed with a retry requested), and returns once nothing more will run by itself.
+        With `follow`, keeps polling (like `tail -f`) until the plan ends where `wait_for_plan` stops
+        (completed, failed without a retry requested, rejected, cancelled) and all its runs finished, so
+        a pending plan is followed through its approval, execution and retries.
         """
         cursors: dict[str, str | None] = {}
         while True:
             plan = self.get_plan(plan_id)
             runs = self.list_plan_runs(plan)
+            is_over = plan.is_waiting_done and all(run.is_finished for run in runs)
             for run in runs:
                 lines, cursors[run.run_id] = self.read_run_logs(run.run_id, cursors.get(run.run_id))
                 yield from lines
-            if not follow:
-                return
-            active = any(not run.is_finished for run in runs)
-            about_to_run = plan.status in (PlanStatus.APPROVED, PlanStatus.RUNNING) or (
-                plan.status is PlanStatus.FAILED and plan.state.retry_requested)
-            if not active and not about_to_run:
-                # One more read: events written between the last read and the run finishing.
-                for run in runs:
-                    lines, cursors[run.run_id] = self.read_run_logs(run.run_id, cursors.get(run.run_id))
-                    yield from lines
+            # `is_over` was read before the logs, so the last lines of a run are never missed.
+            if not follow or is_over:
                 return
             self._sleep(self.poll_interval)
 
@@ -724,7 +722,8 @@ class DagctlClient:
                 plan = self.get_plan(plan_id)
                 if plan.status is not PlanStatus.EXPLAINING:
                     return CreatedPlan(plan_id=plan_id, run_id=run_id, plan=plan)
-            except DagctlPlanNotFoundError:
+                self._check_still_explaining(plan)
+            except DagctlPlanNotRecordedError:
                 pass
             if self._monotonic() >= deadline:
                 raise DagctlTimeoutError(
@@ -781,6 +780,19 @@ class DagctlClient:
 
     # Waiting -----------------------------------------------------------------------------------------
 
+    def _check_still_explaining(self, plan: PlanView) -> None:
+        """A plan left `explaining` by a run that ended (it failed after recording the plan) never moves
+        again: raise `DagctlRunFailedError` instead of waiting for it."""
+        if plan.status is not PlanStatus.EXPLAINING or not plan.state.run_ids:
+            return
+        run = self.get_run(plan.state.run_ids[0])
+        # Read again once the run is known to be over: it may have moved the plan since the first read.
+        if run.is_finished and self.get_plan(plan.plan_id).status is PlanStatus.EXPLAINING:
+            raise DagctlRunFailedError(
+                f"plan {plan.plan_id} stays explaining: its run {run.run_id} {_ended(run)}: "
+                f"{self._failure_reason(run.run_id)}"
+            )
+
     def wait_for_plan(
         self,
         plan_id: str,
@@ -799,9 +811,7 @@ class DagctlClient:
             plan: PlanView | None
             try:
                 plan = self.get_plan(plan_id)
-            except DagctlPlanNotFoundError:
-                if self._find_explaining_run(plan_id, *split_plan_id(plan_id)) is None:
-                    raise
+            except DagctlPlanNotRecordedError:
                 plan = None
             if plan is not None:
                 if plan.status is not last and on_change is not None:
@@ -809,6 +819,7 @@ class DagctlClient:
                 last = plan.status
                 if plan.is_waiting_done:
                     return plan
+                self._check_still_explaining(plan)
             if deadline is not None and self._monotonic() >= deadline:
                 where = last.value if last else "not recorded yet"
                 raise DagctlTimeoutError(f"plan {plan_id} is still {where} after {timeout:.0f}s")

@@ -49,11 +49,12 @@ from sqlmesh.core.snapshot.definition import model_display_name
 from sqlmesh.utils.date import make_inclusive, to_ds, to_ts
 from sqlmesh.utils.errors import ConflictingPlanError, NoChangesPlanError, SQLMeshError
 
-from ..core.errors import DagctlPlanError, DagctlStepError
+from ..core.errors import DagctlError, DagctlPlanError, DagctlStepError
 from ..core.sqlmesh_plan import BackfillInterval, BackfillMode, ModelChange, SqlmeshChangeSet
 
 if TYPE_CHECKING:
     from sqlmesh.core.context_diff import ContextDiff
+    from sqlmesh.core.node import IntervalUnit
     from sqlmesh.core.plan import Plan
     from sqlmesh.core.snapshot import Snapshot
 
@@ -193,7 +194,8 @@ def run_sqlmesh(
     Raises:
         DagctlStepError: The environment does not exist, or a model or an audit failed.
     """
-    with _sqlmesh_context(project_dir, gateway, _ProgressConsole(log, on_model_evaluated)) as context:
+    console = _ProgressConsole(log, on_model_evaluated)
+    with _sqlmesh_context(project_dir, gateway, console, DagctlStepError) as context:
         try:
             status = context.run(environment, execution_time=execution_time)
         except SQLMeshError as error:
@@ -210,7 +212,7 @@ def run_sqlmesh_janitor(project_dir: Path, *, gateway: str | None = None, log: L
     Raises:
         DagctlStepError: The janitor failed.
     """
-    with _sqlmesh_context(project_dir, gateway, _ProgressConsole(log)) as context:
+    with _sqlmesh_context(project_dir, gateway, _ProgressConsole(log), DagctlStepError) as context:
         try:
             context.run_janitor(ignore_ttl=False)
         except SQLMeshError as error:
@@ -219,7 +221,12 @@ def run_sqlmesh_janitor(project_dir: Path, *, gateway: str | None = None, log: L
 
 
 @contextmanager
-def _sqlmesh_context(project_dir: Path, gateway: str | None, console: Console) -> Iterator[Context]:
+def _sqlmesh_context(
+    project_dir: Path,
+    gateway: str | None,
+    console: Console,
+    error_type: type[DagctlError] = DagctlPlanError,
+) -> Iterator[Context]:
     analytics.disable_analytics()
     previous = get_console()
     # Installed globally before the Context exists, so loading warnings reach it as well.
@@ -229,9 +236,7 @@ def _sqlmesh_context(project_dir: Path, gateway: str | None, console: Console) -
         try:
             context = Context(paths=str(project_dir), gateway=gateway)
         except SQLMeshError as error:
-            raise DagctlPlanError(
-                f"SQLMesh cannot load the project in {project_dir}: {error}"
-            ) from error
+            raise error_type(f"SQLMesh cannot load the project in {project_dir}: {error}") from error
         yield context
     finally:
         if context is not None:
@@ -374,6 +379,15 @@ def _model_diff(diff: ContextDiff, fqn: str, name: str, environment: str) -> str
     return "\n".join(named.get(line, line) for line in lines)
 
 
+def _readable_range(start: int, end: int, unit: IntervalUnit | None) -> tuple[str, str]:
+    """An interval `[start, end)` in epoch milliseconds as inclusive ISO dates (or date-times if sub-daily)."""
+    first, last = make_inclusive(start, end)
+    if unit is None or unit.is_date_granularity:
+        return to_ds(first), to_ds(last)
+    # `to_ts` may carry a time zone suffix: seconds precision is what a reviewer reads.
+    return to_ts(first)[:19], to_ts(last)[:19]
+
+
 def _backfill_mode(snapshot: Snapshot) -> BackfillMode:
     if snapshot.is_incremental:
         return "incremental"
@@ -386,19 +400,11 @@ def _backfills(plan: Plan, names: dict[Any, str]) -> tuple[BackfillInterval, ...
     backfills = []
     for missing in plan.missing_intervals:
         snapshot = plan.snapshots[missing.snapshot_id]
-        unit = snapshot.node.interval_unit
         for start, end in missing.merged_intervals:
-            first, last = make_inclusive(start, end)
-            if unit is None or unit.is_date_granularity:
-                readable = (to_ds(first), to_ds(last))
-            else:
-                readable = (to_ts(first)[:19], to_ts(last)[:19])
+            first, last = _readable_range(start, end, snapshot.node.interval_unit)
             backfills.append(
                 BackfillInterval(
-                    model=names[missing.snapshot_id],
-                    start=readable[0],
-                    end=readable[1],
-                    mode=_backfill_mode(snapshot),
+                    model=names[missing.snapshot_id], start=first, end=last, mode=_backfill_mode(snapshot)
                 )
             )
     return tuple(sorted(backfills, key=lambda b: (b.model, b.start)))
@@ -496,17 +502,19 @@ class _ProgressConsole(NoopConsole):
         auto_restatement_triggers: Any = None,
     ) -> None:
         name = self._name(snapshot.name)
-        first, last = make_inclusive(*interval)
-        period = to_ds(first) if to_ds(first) == to_ds(last) else f"{to_ds(first)} - {to_ds(last)}"
-        audits = f", audits {num_audits_passed} passed" + (
-            f" / {num_audits_failed} failed" if num_audits_failed else ""
-        )
+        first, last = _readable_range(*interval, snapshot.node.interval_unit)
+        period = first if first == last else f"{first} - {last}"
+        audits = ""
+        if num_audits_passed or num_audits_failed:
+            audits = f", audits {num_audits_passed} passed" + (
+                f" / {num_audits_failed} failed" if num_audits_failed else ""
+            )
         with self._lock:
             if duration_ms is None:
                 self._failed.add(snapshot.name)
                 self._log(f"{name} [{period}] failed")
                 return
-            self._log(f"{name} [{period}] evaluated in {duration_ms} ms{audits if num_audits_passed or num_audits_failed else ''}")
+            self._log(f"{name} [{period}] evaluated in {duration_ms} ms{audits}")
             left = self._batches_left.get(snapshot.name, 1) - 1
             self._batches_left[snapshot.name] = left
             if left == 0 and snapshot.name not in self._failed and not (audit_only or self._audit_only):

@@ -158,7 +158,8 @@ def build_parser() -> OneLineParser:
     logs = command("logs", "Print the run logs of a plan's runs (explain, build, execute).")
     logs.add_argument("plan_id", metavar="ID")
     logs.add_argument("--follow", "-f", action="store_true",
-                      help="keep printing while the plan has a run in progress or about to start")
+                      help="keep printing until the plan is completed, failed, rejected or cancelled "
+                           "(where `plans wait` stops) and its runs have finished")
     return parser
 
 

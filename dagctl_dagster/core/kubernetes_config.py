@@ -14,7 +14,15 @@ import re
 from pathlib import PurePosixPath
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from .steps import SecretRef
 
@@ -116,15 +124,25 @@ def _check_dns_subdomain(value: str) -> str:
     return value
 
 
-def _check_label_key(value: str) -> str:
+def _check_qualified_name(value: str, what: str) -> str:
+    """Kubernetes' qualified names (label keys, resource names): `[dns-subdomain/]name`."""
     prefix, _, name = value.rpartition("/")
     if prefix and (len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
-        raise ValueError(f"'{value}' is not a valid label key: prefix '{prefix}' must be a DNS subdomain")
+        raise ValueError(f"'{value}' is not a valid {what}: prefix '{prefix}' must be a DNS subdomain")
     if len(name) > 63 or not _LABEL_NAME.match(name):
         raise ValueError(
-            f"'{value}' is not a valid label key: the name part must be at most 63 characters, "
+            f"'{value}' is not a valid {what}: the name part must be at most 63 characters, "
             "alphanumeric at both ends, with '-', '_' or '.' in between"
         )
+    return value
+
+
+def _check_resource_name(value: str) -> str:
+    return _check_qualified_name(value, "resource name")
+
+
+def _check_label_key(value: str) -> str:
+    _check_qualified_name(value, "label key")
     if value.startswith(RESERVED_LABEL_PREFIX):
         raise ValueError(f"'{value}': labels starting with '{RESERVED_LABEL_PREFIX}' are set by dagctl")
     return value
@@ -152,13 +170,18 @@ def _check_relative_path(value: str) -> str:
     return value
 
 
+def _number_as_text(value: object) -> object:
+    """YAML reads `cpu: 1` or `version: 2` as numbers; Kubernetes wants the text."""
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
 ImageReference = Annotated[str, AfterValidator(_check_image_reference)]
 DnsLabel = Annotated[str, AfterValidator(_check_dns_label)]
 ObjectName = Annotated[str, AfterValidator(_check_dns_subdomain)]
 LabelKey = Annotated[str, AfterValidator(_check_label_key)]
-LabelValue = Annotated[str, AfterValidator(_check_label_value)]
-ResourceName = Annotated[str, AfterValidator(_check_label_key)]
-Quantity = Annotated[str, AfterValidator(_check_quantity)]
+LabelValue = Annotated[str, BeforeValidator(_number_as_text), AfterValidator(_check_label_value)]
+ResourceName = Annotated[str, AfterValidator(_check_resource_name)]
+Quantity = Annotated[str, BeforeValidator(_number_as_text), AfterValidator(_check_quantity)]
 
 
 class ContainerResources(BaseModel):

@@ -42,6 +42,9 @@ def build_artifact(context: OpExecutionContext, runtime: PlanRuntime, project: P
             context, project=project, backend=backend, commit=spec.target_commit,
             version=spec.version_new or "0", plan_id=spec.plan_id, environment=spec.environment,
         )
+    elif isinstance(backend, KubernetesBackendConfig):
+        # SQLMesh builds no image: its pod runs the runner image on a checkout of the pinned commit.
+        artifact = f"{backend.runner_image}#{spec.target_commit}"
     else:
         mirror = runtime.mirror(project)
         snapshot = mirror.export_snapshot(
@@ -63,13 +66,25 @@ def snapshot_path(artifact: str) -> Path:
     return Path(artifact[len(SNAPSHOT_PREFIX):].split("#", 1)[0])
 
 
+def build_checkout(runtime: PlanRuntime, project: ProjectConfig, spec: PlanSpec):
+    """The pinned commit fetched into a pod by init containers (SQLMesh in a cluster has no image)."""
+    from ..adapters.kubernetes.specs import GitCheckout
+
+    return GitCheckout(runtime.repository_url(project), spec.target_commit, project.subdirectory)
+
+
 def build_execute_steps(runtime: PlanRuntime, project: ProjectConfig, spec: PlanSpec,
                         artifact: str) -> list[StepSpec]:
     """The steps `execute` runs: one per dbt command, or SQLMesh's verify-then-apply entrypoint."""
     env = project.get_environment(spec.environment)
     backend = project.backend_for(env)
     in_cluster = isinstance(backend, KubernetesBackendConfig)
-    workdir = "/app" if in_cluster else str(snapshot_path(artifact))
+    if not in_cluster:
+        workdir = str(snapshot_path(artifact))
+    elif spec.framework is Framework.DBT:
+        workdir = "/app"  # the built image holds the project there
+    else:
+        workdir = build_checkout(runtime, project, spec).project_dir
     image = artifact if in_cluster and spec.framework is Framework.DBT else (
         backend.runner_image if in_cluster else None)
     base_env = {"DAGCTL_PROJECT": project.name, "DAGCTL_ENVIRONMENT": env.name}
@@ -96,7 +111,8 @@ def execute_plan(context: OpExecutionContext, runtime: PlanRuntime, project: Pro
         if isinstance(backend, KubernetesBackendConfig):
             from .kubernetes_steps import run_step_in_pod
 
-            run_step_in_pod(context, step=step, backend=backend)
+            checkout = build_checkout(runtime, project, spec) if spec.framework is Framework.SQLMESH else None
+            run_step_in_pod(context, step=step, backend=backend, checkout=checkout)
         elif step.argv[0] == "dbt":
             yield from run_dbt_step(
                 context, step, translator=PlanDbtTranslator(project.name, env.name),

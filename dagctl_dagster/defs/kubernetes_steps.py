@@ -107,7 +107,7 @@ def build_image_with_kaniko(
     image = backend.image_repository(project.name)
     tags = build_image_tags(image, version=version, commit=commit)
     context.log.info(f"Kaniko job {namespace}/{job_name}: building {', '.join(tags)} from commit {commit}")
-    client.create_namespaced_job_with_retries(manifest, namespace)
+    _create(lambda: client.create_namespaced_job_with_retries(manifest, namespace), f"job {namespace}/{job_name}")
 
     run = _PodRun(context, client, backend, what=f"Kaniko build of {tags[0]}", container=KANIKO_CONTAINER)
     try:
@@ -160,14 +160,15 @@ def run_step_in_pod(
     run.pod_name = pod_name
     failure: DagctlStepError | None = None
     with open_pipes_session(
-        context=context, context_injector=PipesEnvContextInjector(), message_reader=reader, extras={"labels": dict(step.labels), "step": step.name},
+        context=context, context_injector=PipesEnvContextInjector(), message_reader=reader,
+        extras={"labels": dict(step.labels), "step": step.name},
     ) as session:
         body = build_pod_body(
             pod_name=pod_name, image=None, command=None, env_vars=session.get_bootstrap_env_vars(),
             base_pod_meta=manifest["metadata"], base_pod_spec=manifest["spec"],
         )
         context.log.info(f"pod {namespace}/{pod_name}: {' '.join(build_runner_argv(step.argv))}")
-        client.core_api.create_namespaced_pod(namespace, body)
+        _create(lambda: client.core_api.create_namespaced_pod(namespace, body), f"pod {namespace}/{pod_name}")
         run.restart_clock()
         try:
             run.wait_until_started()
@@ -196,6 +197,16 @@ def _production_client(context: OpExecutionContext, backend: KubernetesBackendCo
         sleeper=time.sleep,
         timer=time.time,
     )
+
+
+def _create(create: Callable[[], Any], what: str) -> None:
+    try:
+        create()
+    except K8S_ERRORS as exc:
+        raise DagctlStepError(
+            f"could not create {what}: {exc}; check the backend's namespace and the run worker's RBAC "
+            "(helm-values/rbac.yaml)"
+        ) from exc
 
 
 def _run_suffix(context: OpExecutionContext) -> str:
@@ -257,13 +268,14 @@ class _RunLogMessageReader(PipesK8sPodLogsMessageReader):
 
     The upstream reader forwards non-pipes lines to the process's stdout, which a Helm deployment without a
     compute log manager never shows; here each becomes a run log entry, visible in the run's event log.
+    Its `read_messages` (the pipes session's message parameters: write to stderr, read from the pod log)
+    is the upstream one.
     """
 
     def __init__(self, on_line: Callable[[str], None]):
         super().__init__()
         self._on_output = on_line
         self._handler_in_use = None
-        self._follower: _LogFollower | None = None
 
     @contextmanager
     def read_messages(self, handler) -> Iterator[Mapping[str, Any]]:
@@ -275,12 +287,8 @@ class _RunLogMessageReader(PipesK8sPodLogsMessageReader):
             self._handler_in_use = None
 
     def follower(self, core_api: Any, pod_name: str, namespace: str) -> _LogFollower:
-        self._follower = _LogFollower(core_api, pod_name, namespace, STEP_CONTAINER, on_line=self._dispatch)
-        return self._follower
-
-    def consume_pod_logs(self, context, core_api, pod_name: str, namespace: str) -> None:
-        """Same contract as the upstream method: blocks until the step container's log ends."""
-        self.follower(core_api, pod_name, namespace).follow(request_timeout=None)
+        """Follows the step container's log: pipes messages to the session, other lines to the run log."""
+        return _LogFollower(core_api, pod_name, namespace, STEP_CONTAINER, on_line=self._dispatch)
 
     def _dispatch(self, text: str) -> None:
         message = _as_pipes_message(text)

@@ -22,6 +22,7 @@ from dagster import (
     TableColumn,
     TableRecord,
     TableSchema,
+    in_process_executor,
     job,
     op,
 )
@@ -283,8 +284,11 @@ def build_plan_ops(runtime: PlanRuntime) -> PlanOps:
 def build_plan_job(project: ProjectConfig, ops: PlanOps):
     """The plan job of one project. Example: `build_plan_job(project, ops).name == "jaffle_plan_job"`."""
 
+    # In-process: the ops run one after the other anyway, and each step subprocess of the default executor
+    # would load the code location again (seconds each); dbt and SQLMesh still run as their own processes.
     @job(name=f"{project.name}{PLAN_JOB_SUFFIX}", tags=plan_run_tags(project.name),
-         description=f"Plans of {project.framework} project '{project.name}': detect, gate, build, execute.")
+         description=f"Plans of {project.framework} project '{project.name}': detect, gate, build, execute.",
+         executor_def=in_process_executor)
     def plan_job():
         spec = ops.gate(ops.detect())
         ops.execute(spec, ops.build(spec))
@@ -327,6 +331,13 @@ def admit_execution(
             reason=f"stale: {stale}", run_id=context.run_id))
         raise _fail(context, f"plan {spec.plan_id} was discarded as stale: {stale}; nothing was built "
                              "or executed. Create a new plan.")
+    # The queued run coordinator's `dagctl/lock` limit is the first guard; this one holds without it.
+    busy = [s.plan_id for s in read_plan_states(context.instance, project.name, spec.environment).values()
+            if s.status is PlanStatus.RUNNING and s.plan_id != spec.plan_id]
+    if busy:
+        raise _fail(context, f"plan {spec.plan_id} cannot execute now: plan {busy[0]} is running in "
+                             f"{project.name}/{spec.environment} (one execution at a time per environment); "
+                             "nothing was built or executed")
     retry = f" (retry {state.retries + 1} of 3)" if state.status is PlanStatus.FAILED else ""
     return runtime.record(context, build_status_event(
         state, PlanStatus.RUNNING, actor=SYSTEM_ACTOR, at=now, run_id=context.run_id,

@@ -78,7 +78,13 @@ def build_recurring_op(runtime: PlanRuntime):
         if isinstance(backend, KubernetesBackendConfig):
             from .kubernetes_steps import run_step_in_pod
 
-            run_step_in_pod(context, step=step, backend=backend)
+            checkout = None
+            if project.framework == "sqlmesh":
+                from ..adapters.kubernetes.specs import GitCheckout
+
+                checkout = GitCheckout(runtime.repository_url(project), deployed.spec.target_commit,
+                                       project.subdirectory)
+            run_step_in_pod(context, step=step, backend=backend, checkout=checkout)
         elif step.argv[0] == "dbt":
             yield from run_dbt_step(context, step, translator=PlanDbtTranslator(project.name, env.name),
                                     target_path=runtime.run_dir(context.run_id) / "recurring")
@@ -92,9 +98,15 @@ def build_recurring_op(runtime: PlanRuntime):
                   "dagctl/plan-id": deployed.plan_id}
         base_env = {"DAGCTL_PROJECT": project.name, "DAGCTL_ENVIRONMENT": env.name}
         if isinstance(backend, KubernetesBackendConfig):
-            image = deployed.artifact if project.framework == "dbt" else backend.runner_image
-            return StepSpec(name="recurring", argv=argv, image=image, working_dir="/app",
-                            env={**base_env, "DBT_PROFILES_DIR": "/app"}, labels=labels)
+            if project.framework == "dbt":
+                return StepSpec(name="recurring", argv=argv, image=deployed.artifact, working_dir="/app",
+                                env={**base_env, "DBT_PROFILES_DIR": "/app"}, labels=labels)
+            from ..adapters.kubernetes.specs import GitCheckout
+
+            checkout = GitCheckout(runtime.repository_url(project), deployed.spec.target_commit,
+                                   project.subdirectory)
+            return StepSpec(name="recurring", argv=argv, image=backend.runner_image,
+                            working_dir=checkout.project_dir, env=base_env, labels=labels)
         snapshot = runtime.mirror(project).export_snapshot(
             deployed.spec.target_commit, runtime.snapshot_dir(project, deployed.spec.target_commit),
             subdirectory=project.subdirectory)

@@ -2,9 +2,9 @@
 
 Two shapes:
 - the **build job** of a dbt plan: init containers fetch exactly the pinned commit (argv only, credentials
-  from a secret), a second init container picks the Dockerfile (the project's, or the default dbt
-  Dockerfile we ship), and Kaniko builds and pushes `<image>:<version>-<short sha>` and `<image>:<sha>`,
-  writing the pushed digest to its termination message;
+  from a secret), one more picks the Dockerfile (the project's, or the default dbt Dockerfile we ship),
+  and Kaniko builds and pushes `<image>:<version>-<12-character sha>` and `<image>:<full sha>`, writing
+  the pushed digest to its termination message;
 - the **step pod** of a `StepSpec` (dbt or SQLMesh execute): the step's argv as the container command
   (never a shell string), its environment and secret references, the plan labels.
 
