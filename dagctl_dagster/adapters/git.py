@@ -581,7 +581,9 @@ class GitMirror:
 
     def _fetch_into(self, git_dir: Path) -> None:
         self._run(
-            ["fetch", "--quiet", "--prune", "--no-tags", "--no-recurse-submodules", self.url, _BRANCHES_REFSPEC],
+            # A commit-graph makes history walks (commits ahead of the base) several times faster.
+            ["-c", "fetch.writeCommitGraph=true", "fetch", "--quiet", "--prune", "--no-tags",
+             "--no-recurse-submodules", self.url, _BRANCHES_REFSPEC],
             git_dir=git_dir,
             action="fetch branches from",
             network=True,
