@@ -115,7 +115,9 @@ def fetched_mirror(mirror: GitMirror) -> GitMirror:
 
 
 def object_files(mirror: GitMirror) -> set[Path]:
-    return {path for path in (mirror.mirror_dir / "objects").rglob("*") if path.is_file()}
+    """The mirror's object and pack files (not objects/info: the commit-graph is rewritten on each fetch)."""
+    objects = mirror.mirror_dir / "objects"
+    return {path for path in objects.rglob("*") if path.is_file() and objects / "info" not in path.parents}
 
 
 # -- creating and refreshing the mirror ---------------------------------------------------------------------
