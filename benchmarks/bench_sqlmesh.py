@@ -149,7 +149,8 @@ def report(label: str, ours: list[Sample], theirs: list[Sample], target: float) 
         print(
             f"  {clock:4}: dagctl median {statistics.median(mine):6.2f} s, SQLMesh median "
             f"{statistics.median(sqlmesh):6.2f} s, ratio {ratio:.3f} {verdict}"
-            f"   [dagctl {' '.join(f'{t:.2f}' for t in mine)} | SQLMesh {' '.join(f'{t:.2f}' for t in sqlmesh)}]"
+            f"   [dagctl {' '.join(f'{t:.2f}' for t in mine)}"
+            f" | SQLMesh {' '.join(f'{t:.2f}' for t in sqlmesh)}]"
         )
 
 
@@ -174,7 +175,8 @@ def main() -> None:
         use_warehouse(deployed)
         started = time.perf_counter()
         apply_sqlmesh_plan(base, "prod", expected_fingerprint=explain_sqlmesh_plan(base, "prod").fingerprint)
-        print(f"{args.models} models, {args.branches} branches; initial deployment {time.perf_counter() - started:.1f} s")
+        deployment = time.perf_counter() - started
+        print(f"{args.models} models, {args.branches} branches; initial deployment {deployment:.1f} s")
 
         # Warm-up: imports, SQLMesh's model cache of commit B, DuckDB.
         change_set = explain_sqlmesh_plan(changed, "prod")
@@ -194,7 +196,9 @@ def main() -> None:
             ]
             for samples, action in pair if repetition % 2 == 0 else reversed(pair):
                 samples.append(timed(action))
-        report("detect  (explain_sqlmesh_plan / SQLMesh plan construction)", explain_ours, explain_theirs, 1.15)
+        report(
+            "detect  (explain_sqlmesh_plan / SQLMesh plan construction)", explain_ours, explain_theirs, 1.15
+        )
 
         apply_ours: list[Sample] = []
         apply_theirs: list[Sample] = []

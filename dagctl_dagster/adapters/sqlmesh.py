@@ -380,7 +380,7 @@ def _model_diff(diff: ContextDiff, fqn: str, name: str, environment: str) -> str
 
 
 def _readable_range(start: int, end: int, unit: IntervalUnit | None) -> tuple[str, str]:
-    """An interval `[start, end)` in epoch milliseconds as inclusive ISO dates (or date-times if sub-daily)."""
+    """`[start, end)` in epoch milliseconds as inclusive ISO dates (date-times below daily)."""
     first, last = make_inclusive(start, end)
     if unit is None or unit.is_date_granularity:
         return to_ds(first), to_ds(last)

@@ -21,6 +21,8 @@ from dagctl_dagster.adapters.sqlmesh import (
     DagctlStalePlanError,
     apply_sqlmesh_plan,
     explain_sqlmesh_plan,
+    run_sqlmesh,
+    run_sqlmesh_janitor,
 )
 from dagctl_dagster.core.errors import DagctlPlanError, DagctlStepError
 from dagctl_dagster.core.sqlmesh_plan import BackfillInterval, ModelChange, SqlmeshChangeSet
@@ -31,7 +33,10 @@ NOW = "2024-03-08"  # SQLMesh's "now": the daily intervals 2024-03-01 .. 2024-03
 MODELS = ("shop.category_revenue", "shop.daily_revenue", "shop.orders", "shop.products")
 
 ORDERS = "models/orders.sql"
-NEW_COLUMN = ("  products.price AS unit_price\n", "  products.price AS unit_price,\n  products.category AS category\n")
+NEW_COLUMN = (
+    "  products.price AS unit_price\n",
+    "  products.price AS unit_price,\n  products.category AS category\n",
+)
 NEW_QUANTITY = ("1 + ABS(", "2 + ABS(")
 
 
@@ -51,7 +56,9 @@ class Warehouse:
         with self.active():
             return explain_sqlmesh_plan(project, environment, execution_time=NOW)
 
-    def apply(self, project: Path, fingerprint: str, environment: str = "prod", **callbacks) -> SqlmeshChangeSet:
+    def apply(
+        self, project: Path, fingerprint: str, environment: str = "prod", **callbacks: object
+    ) -> SqlmeshChangeSet:
         with self.active():
             return apply_sqlmesh_plan(
                 project, environment, expected_fingerprint=fingerprint, execution_time=NOW, **callbacks
@@ -121,7 +128,9 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
     first_plan = warehouse.explain(project)
     log: list[str] = []
     evaluated: list[str] = []
-    applied = warehouse.apply(project, first_plan.fingerprint, log=log.append, on_model_evaluated=evaluated.append)
+    applied = warehouse.apply(
+        project, first_plan.fingerprint, log=log.append, on_model_evaluated=evaluated.append
+    )
     return Deployment(warehouse, first_plan, applied, log, evaluated)
 
 
@@ -138,7 +147,9 @@ def test_first_plan_adds_every_model_and_backfills_from_the_start(deployed: Depl
     assert (first.environment, first.base_plan_id, first.has_changes, first.uncategorized) == (
         "prod", None, True, ()
     )
-    assert first.changes == tuple(ModelChange(name=name, kind="added", category="breaking") for name in MODELS)
+    assert first.changes == tuple(
+        ModelChange(name=name, kind="added", category="breaking") for name in MODELS
+    )
     assert first.backfills == (
         BackfillInterval(model="shop.category_revenue", start=START, end="2024-03-07", mode="full_refresh"),
         BackfillInterval(model="shop.daily_revenue", start=START, end="2024-03-07", mode="full_refresh"),
@@ -155,10 +166,14 @@ def test_apply_builds_every_model_in_duckdb_and_reports_each_once(deployed: Depl
 
     assert deployed.applied == deployed.first_plan
     assert sorted(deployed.evaluated) == list(MODELS)
-    assert warehouse.query("SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = 'shop' ORDER BY 1") == [
+    assert warehouse.query(
+        "SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = 'shop' ORDER BY 1"
+    ) == [
         ("category_revenue", "VIEW"), ("daily_revenue", "VIEW"), ("orders", "VIEW"), ("products", "VIEW"),
     ]
-    assert warehouse.query("SELECT MIN(order_date)::TEXT, MAX(order_date)::TEXT, COUNT(*) FROM shop.orders") == [
+    assert warehouse.query(
+        "SELECT MIN(order_date)::TEXT, MAX(order_date)::TEXT, COUNT(*) FROM shop.orders"
+    ) == [
         ("2024-03-01", "2024-03-07", 35)
     ]
     assert warehouse.query("SELECT COUNT(*) FROM shop.daily_revenue WHERE revenue > 0") == [(7,)]
@@ -170,7 +185,9 @@ def test_apply_builds_every_model_in_duckdb_and_reports_each_once(deployed: Depl
         f"Applying SQLMesh plan {plan_id} to environment 'prod': 4 model change(s), 4 model(s) to backfill."
     )
     assert deployed.log[-1] == f"Applied SQLMesh plan {plan_id} to environment 'prod'."
-    assert any(line.startswith("shop.orders [2024-03-01 - 2024-03-07] evaluated in ") for line in deployed.log)
+    assert any(
+        line.startswith("shop.orders [2024-03-01 - 2024-03-07] evaluated in ") for line in deployed.log
+    )
 
 
 def test_no_changes_when_the_commit_matches_the_environment(deployed: Deployment, tmp_path: Path) -> None:
@@ -227,7 +244,9 @@ def test_breaking_change_rebuilds_its_indirect_children(deployed: Deployment, tm
     ]
 
 
-def test_new_column_is_non_breaking_and_backfills_only_its_model(deployed: Deployment, tmp_path: Path) -> None:
+def test_new_column_is_non_breaking_and_backfills_only_its_model(
+    deployed: Deployment, tmp_path: Path
+) -> None:
     project = copy_project(tmp_path / "project", (ORDERS, *NEW_COLUMN))
 
     change_set = deployed.warehouse.explain(project)
@@ -276,7 +295,9 @@ def test_removed_model_is_listed_without_category(deployed: Deployment, tmp_path
     change_set = deployed.warehouse.explain(project)
 
     assert change_set.changes == (ModelChange(name="shop.category_revenue", kind="removed"),)
-    assert [name for name, _, _ in change_set.snapshots] == ["shop.daily_revenue", "shop.orders", "shop.products"]
+    assert [name for name, _, _ in change_set.snapshots] == [
+        "shop.daily_revenue", "shop.orders", "shop.products"
+    ]
     assert change_set.backfills == ()
 
 
@@ -326,7 +347,9 @@ def test_plan_for_other_files_is_refused_as_stale(deployed: Deployment, tmp_path
     before = deployed.warehouse.contents()
 
     with pytest.raises(DagctlStalePlanError):
-        deployed.warehouse.apply(copy_project(tmp_path / "other", (ORDERS, *NEW_COLUMN)), approved.fingerprint)
+        deployed.warehouse.apply(
+            copy_project(tmp_path / "other", (ORDERS, *NEW_COLUMN)), approved.fingerprint
+        )
 
     assert deployed.warehouse.contents() == before
 
@@ -347,9 +370,10 @@ def test_stale_plan_is_refused_before_applying_anything(fresh_warehouse: Warehou
     assert rebuilt.base_plan_id == moved_to != approved.base_plan_id
     assert str(raised.value) == (
         f"The SQLMesh plan for environment 'prod' is stale: SQLMesh now plans a different change "
-        f"(fingerprint {rebuilt.fingerprint[:12]}, approved {approved.fingerprint[:12]}). Another plan was "
-        f"applied to 'prod' (it is now at SQLMesh plan {moved_to}) or the project's files differ from the "
-        "approved commit. Nothing was applied; explain the plan again and have it approved."
+        f"(fingerprint {rebuilt.fingerprint[:12]}, approved {approved.fingerprint[:12]}). Environment "
+        f"'prod' is now at SQLMesh plan {moved_to}: another plan changed it since the approval, or the "
+        "project's files differ from the approved commit. Nothing was applied; explain the plan again and "
+        "have it approved."
     )
     assert (fresh_warehouse.contents(), log) == (before, [])
 
@@ -362,7 +386,9 @@ def test_nothing_to_apply_when_the_environment_already_matches(deployed: Deploym
 
     applied = deployed.warehouse.apply(project, unchanged.fingerprint, log=log.append)
 
-    assert (applied, log) == (unchanged, ["Nothing to apply: environment 'prod' already matches this commit."])
+    assert (applied, log) == (
+        unchanged, ["Nothing to apply: environment 'prod' already matches this commit."]
+    )
     assert deployed.warehouse.contents() == before
 
 
@@ -381,7 +407,9 @@ def test_apply_to_a_virtual_environment_leaves_prod_untouched(deployed: Deployme
     assert deployed.warehouse.query("SELECT * FROM shop.orders ORDER BY ALL") == prod_before
 
 
-def test_failing_model_fails_the_apply_and_names_the_model(fresh_warehouse: Warehouse, tmp_path: Path) -> None:
+def test_failing_model_fails_the_apply_and_names_the_model(
+    fresh_warehouse: Warehouse, tmp_path: Path
+) -> None:
     project = copy_project(
         tmp_path / "project", (ORDERS, "products.price AS unit_price", "CAST('n/a' AS DECIMAL) AS unit_price")
     )
@@ -405,3 +433,34 @@ def test_failing_model_fails_the_apply_and_names_the_model(fresh_warehouse: Ware
     ]
     assert log[7].startswith('FAILED shop.orders: Conversion Error: Could not convert string "n/a"')
     assert fresh_warehouse.query("SELECT * FROM information_schema.tables WHERE table_schema = 'shop'") == []
+
+
+def test_run_evaluates_the_intervals_due_since_the_deployment(
+    fresh_warehouse: Warehouse, tmp_path: Path
+) -> None:
+    project = copy_project(tmp_path / "project")
+    fresh_warehouse.deploy(project)
+    log: list[str] = []
+    evaluated: list[str] = []
+
+    with fresh_warehouse.active():
+        run_sqlmesh(
+            project, "prod", execution_time="2024-03-10", log=log.append, on_model_evaluated=evaluated.append
+        )
+        run_sqlmesh_janitor(project, log=log.append)
+
+    # A seed only changes with its file: `run` leaves it alone.
+    assert sorted(evaluated) == ["shop.category_revenue", "shop.daily_revenue", "shop.orders"]
+    assert fresh_warehouse.query("SELECT MAX(order_date)::TEXT, COUNT(*) FROM shop.orders") == [
+        ("2024-03-09", 45)
+    ]
+    assert log[-2:] == ["Janitor: removing expired environments and unused tables.", "Janitor finished."]
+
+
+def test_run_of_a_missing_environment_fails(deployed: Deployment, tmp_path: Path) -> None:
+    project = copy_project(tmp_path / "project")
+
+    with deployed.warehouse.active(), pytest.raises(DagctlStepError) as raised:
+        run_sqlmesh(project, "staging")
+
+    assert str(raised.value) == "sqlmesh run staging failed: Environment 'staging' was not found."

@@ -122,13 +122,18 @@ def test_a_plan_with_nothing_to_do_completes_without_approval(world):
 
 def test_schedules_run_on_the_deployed_commit(world):
     deployed = next(s for s in reversed(world.states("prod")) if s.status is PlanStatus.COMPLETED)
-    for name in ("shop_hourly_schedule", "shop_janitor_schedule"):
-        request = world.schedule(name)
-        assert isinstance(request, RunRequest)
-        assert request.tags["dagctl/deployed-commit"] == deployed.spec.target_commit
-        result = world.defs.get_job_def("shop_recurring_job").execute_in_process(
-            run_config=request.run_config, instance=world.instance, tags=request.tags, raise_on_error=False)
-        assert result.success, name
+    janitor = world.schedule("shop_janitor_schedule")
+    request = world.schedule("shop_hourly_schedule")
+
+    assert janitor.run_config["ops"]["run_recurring"]["config"] == {"environment": "prod",
+                                                                     "command": "sqlmesh_janitor"}
+    assert request.tags["dagctl/deployed-commit"] == deployed.spec.target_commit
+    result = world.defs.get_job_def("shop_recurring_job").execute_in_process(
+        run_config=request.run_config, instance=world.instance, tags=request.tags, raise_on_error=False)
+    assert result.success
+    logged = [entry.user_message for entry in world.instance.all_logs(result.run_id)]
+    assert any(f"running `sqlmesh run prod` on deployed commit {deployed.spec.target_commit[:12]}" in line
+               for line in logged)
 
 
 def test_a_plan_whose_environment_moved_is_discarded_as_stale_before_applying(world):
