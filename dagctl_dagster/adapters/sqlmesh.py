@@ -49,7 +49,7 @@ from sqlmesh.core.snapshot.definition import model_display_name
 from sqlmesh.utils.date import make_inclusive, to_ds, to_ts
 from sqlmesh.utils.errors import ConflictingPlanError, NoChangesPlanError, SQLMeshError
 
-from ..core.errors import DagctlError, DagctlPlanError, DagctlStepError
+from ..core.errors import DagctlError, DagctlPlanError, DagctlStalePlanError, DagctlStepError
 from ..core.sqlmesh_plan import BackfillInterval, BackfillMode, ModelChange, SqlmeshChangeSet
 
 if TYPE_CHECKING:
@@ -63,10 +63,6 @@ ExecutionTime = datetime | str | None
 
 _PROD_NAMING = EnvironmentNamingInfo()
 _QUOTED_PART = re.compile(r'"((?:[^"]|"")*)"')
-
-
-class DagctlStalePlanError(DagctlPlanError):
-    """The approved SQLMesh plan no longer matches what SQLMesh would apply; nothing was applied."""
 
 
 def _ignore(_: str) -> None:

@@ -241,20 +241,20 @@ class Command:
     def emit(self, data: object, text: str) -> None:
         print(json.dumps(data, indent=2) if self.args.json else text, file=self.out)
 
-    def list(self) -> int:
+    def list_plans(self) -> int:
         plans = self.client.list_plans(project=self.args.project, environment=self.args.env,
                                        status=self.args.status)
         self.emit([plan.to_json() for plan in plans],
                   format_plan_table(plans) if plans else "no plans match")
         return EXIT_OK
 
-    def show(self) -> int:
+    def show_plan(self) -> int:
         plan = self.client.get_plan(self.args.plan_id)
         runs = self.client.list_plan_runs(plan)
         self.emit({**plan.to_json(), "runs": [run.to_json() for run in runs]}, format_plan(plan, runs))
         return EXIT_OK
 
-    def create(self) -> int:
+    def create_plan(self) -> int:
         created = self.client.create_plan(
             self.args.project, self.args.env, commit=self.args.commit, requested_by=self.args.actor,
             wait=not self.args.no_wait, timeout=self.args.timeout,
@@ -280,7 +280,7 @@ class Command:
         self.emit(result.to_json(), "\n".join(text))
         return EXIT_OK
 
-    def wait(self) -> int:
+    def wait_for_plan(self) -> int:
         def report(plan: PlanView) -> None:
             print(f"plan {describe_status(plan)}", file=self.err, flush=True)
 
@@ -289,7 +289,7 @@ class Command:
         self.emit(plan.to_json(), f"plan {describe_status(plan)}")
         return EXIT_OK if plan.status is PlanStatus.COMPLETED else EXIT_PLAN_FAILED
 
-    def logs(self) -> int:
+    def print_logs(self) -> int:
         for line in self.client.iter_plan_logs(self.args.plan_id, follow=self.args.follow):
             print(json.dumps(line.to_json()) if self.args.json else format_log_line(line), file=self.out,
                   flush=True)
@@ -320,11 +320,11 @@ def run(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: Te
     try:
         client = client_factory(args)
         command = Command(args, client, out, err)
-        handler = {"list": command.list, "show": command.show, "create": command.create,
-                   "wait": command.wait, "logs": command.logs}.get(args.command, command.decide)
+        handler = {"list": command.list_plans, "show": command.show_plan, "create": command.create_plan,
+                   "wait": command.wait_for_plan, "logs": command.print_logs}.get(args.command, command.decide)
         return handler()
     except DagctlError as exc:
-        print(f"dagctl: error: {exc}", file=err)
+        print(f"dagctl: error: {' '.join(str(exc).split())}", file=err)
         return exit_code_of(exc)
     except KeyboardInterrupt:
         print("dagctl: interrupted", file=err)
@@ -336,7 +336,8 @@ def run(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: Te
     except Exception as exc:  # the promise is one line, never a traceback
         if os.environ.get(DEBUG_ENV):
             traceback.print_exc(file=err)
-        print(f"dagctl: internal error: {type(exc).__name__}: {exc} (set {DEBUG_ENV}=1 for details)",
+        reason = " ".join(str(exc).split())
+        print(f"dagctl: internal error: {type(exc).__name__}: {reason} (set {DEBUG_ENV}=1 for details)",
               file=err)
         return EXIT_PLAN_FAILED
 

@@ -25,6 +25,10 @@ class DagctlPlanError(DagctlError):
     """A plan cannot proceed (unknown plan, stale base, fingerprint mismatch)."""
 
 
+class DagctlStalePlanError(DagctlPlanError):
+    """The approved plan no longer matches what would run (its base moved); nothing was applied."""
+
+
 class DagctlTransitionError(DagctlPlanError):
     """A lifecycle transition was refused (approving a completed plan, retrying a running one...)."""
 

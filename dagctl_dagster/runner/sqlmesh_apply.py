@@ -31,8 +31,8 @@ from pathlib import Path
 
 from dagster_pipes import PipesContext, PipesEnvVarParamsLoader, open_dagster_pipes
 
-from ..adapters.sqlmesh import DagctlStalePlanError, apply_sqlmesh_plan
-from ..core.errors import DagctlError, DagctlPlanError
+from ..adapters.sqlmesh import apply_sqlmesh_plan
+from ..core.errors import DagctlError, DagctlPlanError, DagctlStalePlanError
 from ..core.sqlmesh_plan import build_sqlmesh_asset_key
 
 EXIT_APPLIED = 0

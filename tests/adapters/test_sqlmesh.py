@@ -18,13 +18,12 @@ import duckdb
 import pytest
 
 from dagctl_dagster.adapters.sqlmesh import (
-    DagctlStalePlanError,
     apply_sqlmesh_plan,
     explain_sqlmesh_plan,
     run_sqlmesh,
     run_sqlmesh_janitor,
 )
-from dagctl_dagster.core.errors import DagctlPlanError, DagctlStepError
+from dagctl_dagster.core.errors import DagctlPlanError, DagctlStalePlanError, DagctlStepError
 from dagctl_dagster.core.sqlmesh_plan import BackfillInterval, ModelChange, SqlmeshChangeSet
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sqlmesh_shop"
