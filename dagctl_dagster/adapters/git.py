@@ -236,6 +236,7 @@ class GitMirror:
             for secret in (self._env.get(TOKEN_VARIABLE), *_url_passwords(url))
             if secret and len(secret) >= 3
         ]
+        self._object_git: git.Git | None = None
 
     def __repr__(self) -> str:
         return f"GitMirror({redact_url(self.url)!r}, {str(self.mirror_dir)!r})"
@@ -486,23 +487,24 @@ class GitMirror:
                      base or _EMPTY_TREE, target, "--"]
         if subdirectory:
             diff_args.append(f":(top,literal){subdirectory}/")
-        commands = {"diff": diff_args, "objects": ["cat-file", "--batch"]}
+        commands = {"diff": diff_args}
         if base is not None:
             commands["ahead"] = ["rev-list", "--count", f"{base}..{target}"]
         processes = {
-            name: subprocess.Popen(["git", *args], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE)
+            name: subprocess.Popen(["git", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             for name, args in commands.items()
         }
-        outputs = {}
-        for name, process in processes.items():
-            stdin = f"{target}\n{target}:{path}\n".encode() if name == "objects" else None
-            outputs[name] = (*process.communicate(stdin), process.returncode)
-        if any(code != 0 for _, _, code in outputs.values()):
+        # While git diffs, the commit and the file come from a persistent `cat-file --batch` process.
+        try:
+            commit_raw: bytes | None = self._objects().get_object_data(target)[3]
+            file_raw: bytes | None = self._read_blob(f"{target}:{path}")
+        except ValueError:
+            commit_raw = file_raw = None
+        outputs = {name: (*process.communicate(), process.returncode) for name, process in processes.items()}
+        if commit_raw is None or any(code != 0 for _, _, code in outputs.values()):
             return ChangeRead(
                 entries=self.diff(base, target, subdirectory=subdirectory), info=self.commit_info(target),
                 file_text=self.read_file(target, path), ahead=self.commits_ahead(base, target) if base else 0)
-        commit_raw, file_raw = _parse_batch(outputs["objects"][0])
         try:
             file_text = file_raw.decode("utf-8") if file_raw is not None else None
         except UnicodeDecodeError as error:
@@ -515,6 +517,20 @@ class GitMirror:
             file_text=file_text,
             ahead=int(outputs["ahead"][0]) if base is not None else 0,
         )
+
+    def _objects(self) -> git.Git:
+        """A git command object whose `cat-file --batch` process stays alive between reads."""
+        if self._object_git is None:
+            self._object_git = git.Git(str(self.mirror_dir))
+            self._object_git.update_environment(**self._mirror_env(self.mirror_dir))
+        return self._object_git
+
+    def _read_blob(self, spec: str) -> bytes | None:
+        try:
+            _, kind, _, data = self._objects().get_object_data(spec)
+        except ValueError:
+            return None  # `missing`: no such file at that commit
+        return data if kind == b"blob" else None
 
     def tree_id(self, commit: str, subdirectory: str | None = None) -> str:
         """The id of the tree of `commit` (or of its `subdirectory`): a content hash of the snapshot.
@@ -710,26 +726,6 @@ def _check_ref_argument(ref: str, kind: str, display_url: str) -> None:
     # A leading dash would be read by git as an option.
     if not ref or ref.startswith("-") or any(character.isspace() or character == "\0" for character in ref):
         raise DagctlGitError(f"Invalid {kind} name {ref!r} for {display_url}: give a branch name or a commit sha.")
-
-
-def _parse_batch(output: bytes) -> tuple[bytes, bytes | None]:
-    """The two objects of `git cat-file --batch` for `<commit>` and `<commit>:<path>` (None: no such file)."""
-    objects: list[bytes | None] = []
-    position = 0
-    while position < len(output) and len(objects) < 2:
-        end = output.index(b"\n", position)
-        header = output[position:end].split()
-        if len(header) == 2 and header[1] == b"missing":
-            objects.append(None)
-            position = end + 1
-            continue
-        size = int(header[2])
-        objects.append(output[end + 1:end + 1 + size] if header[1] == b"blob" or not objects else None)
-        position = end + 1 + size + 1
-    commit, blob = (objects + [None, None])[:2]
-    if commit is None:
-        raise DagctlGitError("git cat-file did not return the target commit")
-    return commit, blob
 
 
 def _parse_commit_object(sha: str, raw: bytes) -> CommitInfo:
