@@ -332,7 +332,7 @@ query DagctlLogs($runId: ID!, $cursor: String, $limit: Int) {
         __typename
         ... on MessageEvent { message timestamp level stepKey eventType }
         ... on ExecutionStepFailureEvent {
-          error { message }
+          error { message cause { message } }
           failureMetadata { description metadataEntries { label ... on TextMetadataEntry { text } } }
         }
         ... on RunFailureEvent { error { message } }
@@ -341,6 +341,10 @@ query DagctlLogs($runId: ID!, $cursor: String, $limit: Int) {
     ... on Error { message }
   }
 }"""
+
+# Every document the client sends, for checking them against a Dagster version's schema.
+GRAPHQL_DOCUMENTS = (_ASSETS_QUERY, _EVENTS_QUERY, _REPOSITORIES_QUERY, _LAUNCH_MUTATION, _RUN_QUERY,
+                     _RUNS_QUERY, _LOGS_QUERY)
 
 
 # --- Transport ---------------------------------------------------------------------------------------
@@ -854,8 +858,11 @@ def _step_failure(event: Mapping[str, Any]) -> tuple[str, str | None]:
     description = metadata.get("description")
     if description:
         return _first_line(description), kind
-    error = (event.get("error") or {}).get("message") or event.get("message", "")
-    return _first_line(error), kind
+    # An unexpected exception: Dagster wraps it ("Error occurred while executing op ..."); its cause is
+    # the exception the op raised, which says what went wrong.
+    error = event.get("error") or {}
+    cause = (error.get("cause") or {}).get("message")
+    return _first_line(cause or error.get("message") or event.get("message", "")), kind
 
 
 def _event_text(event: Mapping[str, Any]) -> str:
