@@ -31,21 +31,21 @@ def _render_change_set(spec: PlanSpec) -> list[str]:
     lines: list[str] = []
     if spec.dbt_scope is not None:
         scope = spec.dbt_scope
-        lines.append(f"**Scope:** `{scope.scope.value}`: {scope.reason}")
+        lines += ["", f"**Scope:** `{scope.scope.value}`: {scope.reason}"]
         if scope.scope is Scope.SELECTIVE:
-            lines.append(f"**Selection:** `{' '.join(scope.selection)}`")
+            lines += ["", f"**Selection:** `{' '.join(scope.selection)}`"]
         if scope.removed:
-            lines.append(
+            lines += ["", (
                 "**Removed:** " + ", ".join(f"`{path}`" for path in scope.removed)
                 + " (dbt does not drop the relations of removed models: drop them by hand)"
-            )
+            )]
     if spec.sqlmesh is not None:
         lines += ["", render_sqlmesh_summary(spec.sqlmesh)]
     if spec.commands:
-        lines.append("**Commands:**")
+        lines += ["", "**Commands:**", ""]
         lines += [f"- `{shlex.join(argv)}`" for argv in spec.commands]
     elif spec.framework == "dbt":
-        lines.append("**Commands:** none (no dbt command runs)")
+        lines += ["", "**Commands:** none (no dbt command runs)"]
     if spec.files:
         lines += ["", f"**Changed files ({len(spec.files)}):**", "", "| file | category | change |",
                   "|---|---|---|"]
@@ -61,7 +61,7 @@ def _render_change_set(spec: PlanSpec) -> list[str]:
 def _render_approvals(state: PlanState, policy: PolicyResult | None) -> list[str]:
     if policy is None:
         return []
-    lines = ["", "**Approvals:**"]
+    lines = ["", "**Approvals:**", ""]
     if not policy.counted and not policy.ignored:
         lines.append("- none yet")
     for approval in policy.counted:
@@ -70,7 +70,7 @@ def _render_approvals(state: PlanState, policy: PolicyResult | None) -> list[str
     for approval, reason in policy.ignored:
         lines.append(f"- ~~{approval.actor}~~: does not count, {reason}")
     if policy.missing:
-        lines.append("**Still needed:** " + "; ".join(policy.missing))
+        lines += ["", "**Still needed:** " + "; ".join(policy.missing)]
     if state.status is PlanStatus.PENDING:
         lines += ["", "**To approve**, launch `dagctl_review_job` from the launchpad with:", "",
                   "```yaml", render_review_config(state.plan_id).rstrip(), "```",
@@ -88,11 +88,13 @@ def render_plan_summary(state: PlanState, policy: PolicyResult | None = None) ->
     base = spec.base_commit[:12] if spec.base_commit else "none (first deployment)"
     lines = [
         f"### Plan `{spec.plan_id}`: **{state.status.value}**{reason}",
+        "",
         f"{spec.project} -> **{spec.environment}** | {spec.framework.value}{version}",
+        "",
         f"Commits: `{base}` -> `{spec.short_target}` ({spec.commits_ahead} ahead) | "
         f"by {spec.author} | triggered by {spec.triggered_by}",
-        f"> {spec.commit_message}" if spec.commit_message else "",
         "",
+        f"> {spec.commit_message}" if spec.commit_message else "",
         *_render_change_set(spec),
         *_render_approvals(state, policy),
         "",

@@ -215,21 +215,23 @@ def build_plan_ops(runtime: PlanRuntime) -> PlanOps:
         env = project.get_environment(spec.environment)
         state = get_plan_state(context.instance, spec.plan_id)
         if not detected.is_execution:
+            # The plan's materialization: its change set with the status a reviewer acts on.
+            materialized = {"metadata": plan_metadata(spec), "materialize": True}
             if not spec.has_changes:
                 runtime.record(context, build_status_event(
                     state, PlanStatus.COMPLETED, actor=SYSTEM_ACTOR, at=runtime.clock(),
-                    reason="nothing to do: no changes", run_id=context.run_id))
+                    reason="nothing to do: no changes", run_id=context.run_id), **materialized)
                 return
             if env.protected:
                 policy = evaluate_policy(env, spec, state.approvals, runtime.clock())
                 runtime.record(context, build_status_event(
                     state, PlanStatus.PENDING, actor=SYSTEM_ACTOR, at=runtime.clock(), run_id=context.run_id,
-                    reason="awaiting approval: " + "; ".join(policy.missing)))
+                    reason="awaiting approval: " + "; ".join(policy.missing)), **materialized)
                 context.log.info(f"plan {spec.plan_id} is pending approval for protected '{env.name}'")
                 return
             state = runtime.record(context, build_status_event(
                 state, PlanStatus.APPROVED, actor=SYSTEM_ACTOR, at=runtime.clock(), run_id=context.run_id,
-                reason=f"environment '{env.name}' is not protected"))
+                reason=f"environment '{env.name}' is not protected"), **materialized)
         admit_execution(context, runtime, project, state, detected.recomputed_fingerprint)
         yield Output(spec)
 

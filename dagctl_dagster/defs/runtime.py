@@ -67,6 +67,7 @@ class PlanRuntime:
         event: PlanEvent,
         *,
         metadata: Mapping[str, object] | None = None,
+        materialize: bool = False,
     ) -> PlanState:
         """Records `event` on its plan's asset, with the plan's refreshed summary, and returns the new state.
 
@@ -84,6 +85,7 @@ class PlanRuntime:
             event, project=project_name, environment=env_name,
             metadata={"status": MetadataValue.text(state.status.value),
                       "summary": MetadataValue.md(summary), **(metadata or {})},
+            materialize=materialize,
         )
         if isinstance(target, DagsterInstance):
             target.report_runless_asset_event(asset_event)

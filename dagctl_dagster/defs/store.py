@@ -1,8 +1,9 @@
 """Plan events in Dagster's event log: the only place plan state lives.
 
-Each project and environment has one asset, `dagctl/<project>/<environment>`. The explained plan is recorded
-as a materialization of it (its metadata is the change set a reviewer reads); every later transition and
-decision is an observation of it. Each event carries the `PlanEvent` as JSON under `dagctl_event`, so the
+Each project and environment has one asset, `dagctl/<project>/<environment>`. A plan is materialized when
+`gate` decides what happens to it (pending approval, approved, or nothing to do): that materialization's
+metadata is the change set a reviewer reads, with the status it has then. Every other event (the explained
+plan itself, later transitions, decisions) is an observation of the asset. Each event carries the `PlanEvent` as JSON under `dagctl_event`, so the
 state of every plan can be folded back from the event log alone.
 """
 
@@ -32,16 +33,17 @@ def plan_asset_key(project: str, environment: str) -> AssetKey:
 
 
 def build_asset_event(
-    event: PlanEvent, *, project: str, environment: str, metadata: Mapping[str, object] | None = None
+    event: PlanEvent, *, project: str, environment: str, metadata: Mapping[str, object] | None = None,
+    materialize: bool = False,
 ) -> AssetMaterialization | AssetObservation:
-    """The Dagster event that records `event`: a materialization for a new plan, else an observation."""
+    """The Dagster event that records `event`: a materialization of the plan asset, or an observation."""
     payload = {
         EVENT_METADATA_KEY: JsonMetadataValue(event.model_dump(mode="json")),
         "plan_id": MetadataValue.text(event.plan_id),
         **(metadata or {}),
     }
     key = plan_asset_key(project, environment)
-    if event.spec is not None:
+    if materialize:
         return AssetMaterialization(asset_key=key, metadata=payload, description=event.reason)
     return AssetObservation(asset_key=key, metadata=payload, description=event.reason)
 
