@@ -3,7 +3,9 @@
 
 PYTHON ?= python3
 UV_VERSION := 0.13.8
-UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+# uv from PATH, else bootstrapped into .tools/ (a virtualenv of its own: works where pip may not install
+# into the system Python).
+UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 export UV_PYTHON ?= 3.11
 # Telemetry of Dagster, dbt and SQLMesh stays off in tests and in the demo.
 export DAGSTER_DISABLE_TELEMETRY := 1
@@ -14,7 +16,8 @@ export DO_NOT_TRACK := 1
 .PHONY: install demo test test-kind bench clean
 
 $(UV):
-	$(PYTHON) -m pip install --user --quiet "uv==$(UV_VERSION)" || $(PYTHON) -m pip install --quiet "uv==$(UV_VERSION)"
+	$(PYTHON) -m venv $(CURDIR)/.tools
+	$(CURDIR)/.tools/bin/pip install --quiet "uv==$(UV_VERSION)"
 
 install: $(UV)
 	$(UV) sync --frozen
