@@ -30,9 +30,10 @@ from typing import Any
 import requests
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ..core.errors import DagctlError
+from ..core.errors import DagctlError, DagctlPlanError
 from ..core.lifecycle import Decision, PlanEvent, PlanState, PlanStatus, fold_plans
 from ..core.plan import build_plan_id
+from ..core.plan import split_plan_id as core_split_plan_id
 from ..core.policy import approver_secret_env, compute_approval_code
 
 DEFAULT_URL = "http://127.0.0.1:3000"
@@ -105,13 +106,10 @@ def parse_header(text: str) -> tuple[str, str]:
 
 def split_plan_id(plan_id: str) -> tuple[str, str]:
     """`jaffle-prod-3f2a9c1d` -> (`jaffle`, `prod`); `DagctlPlanNotFoundError` for anything else."""
-    parts = plan_id.split("-")
-    if len(parts) != 3 or not all(parts):
-        raise DagctlPlanNotFoundError(
-            f"'{plan_id}' is not a plan id: plan ids look like <project>-<environment>-<8 hex>, "
-            "e.g. jaffle-prod-3f2a9c1d (see `dagctl plans list`)"
-        )
-    return parts[0], parts[1]
+    try:
+        return core_split_plan_id(plan_id)
+    except DagctlPlanError as exc:
+        raise DagctlPlanNotFoundError(str(exc)) from exc
 
 
 def _parse_time(millis: str | float | None) -> datetime | None:

@@ -13,6 +13,7 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict, Field
 
 from .dbt_changes import DbtScope, FileChange
+from .errors import DagctlPlanError
 from .fingerprint import compute_fingerprint
 from .sqlmesh_plan import SqlmeshChangeSet
 
@@ -90,3 +91,17 @@ def seal_plan(spec: PlanSpec) -> PlanSpec:
 def build_plan_id(project: str, environment: str, run_id: str) -> str:
     """A stable, readable plan id derived from the explaining run: `jaffle-prod-3f2a9c1d`."""
     return f"{project}-{environment}-{run_id.replace('-', '')[:8]}"
+
+
+def split_plan_id(plan_id: str) -> tuple[str, str]:
+    """`jaffle-prod-3f2a9c1d` -> (`jaffle`, `prod`): project and environment names never contain `-`.
+
+    Raises `DagctlPlanError` for anything that is not a plan id.
+    """
+    parts = plan_id.split("-")
+    if len(parts) != 3 or not all(parts):
+        raise DagctlPlanError(
+            f"'{plan_id}' is not a plan id; plan ids look like <project>-<environment>-<8 hex>, "
+            "e.g. jaffle-prod-3f2a9c1d (see the plan's asset page or `dagctl plans list`)"
+        )
+    return parts[0], parts[1]

@@ -14,6 +14,7 @@ from dagster import DagsterInstance, MetadataValue, OpExecutionContext
 from ..adapters.git import GitMirror
 from ..core.config import DeploymentConfig, EnvironmentConfig, ProjectConfig
 from ..core.lifecycle import PlanEvent, PlanState, fold_plans
+from ..core.plan import split_plan_id
 from ..core.policy import evaluate_policy
 from ..core.summary import render_plan_summary
 from . import notify
@@ -75,7 +76,7 @@ class PlanRuntime:
         reported as a runless event. Webhooks are notified of the transitions they subscribe to.
         """
         instance = target if isinstance(target, DagsterInstance) else target.instance
-        project_name, env_name = event.plan_id.split("-")[:2]
+        project_name, env_name = split_plan_id(event.plan_id)
         project = self.deployment.get_project(project_name)
         env = project.get_environment(env_name)
         states = fold_plans([*read_events(instance, project_name, env_name), event])
@@ -111,6 +112,6 @@ def resolve_storage_dir(deployment: DeploymentConfig, config_dir: Path) -> Path:
 
 
 def project_env(runtime: PlanRuntime, plan_id: str) -> tuple[ProjectConfig, EnvironmentConfig]:
-    project_name, env_name = plan_id.split("-")[:2]
+    project_name, env_name = split_plan_id(plan_id)
     project = runtime.deployment.get_project(project_name)
     return project, project.get_environment(env_name)

@@ -31,7 +31,8 @@ from ..core.errors import DagctlError
 from ..core.lifecycle import PlanState, PlanStatus, build_status_event, get_last_completed
 from ..core.policy import SYSTEM_ACTOR, evaluate_policy
 from .runtime import PlanRuntime
-from .store import read_plan_states, split_plan_id
+from ..core.plan import split_plan_id
+from .store import read_plan_states
 from .tags import PLAN_ID_TAG, TRIGGER_TAG, plan_run_tags
 
 # Sensors start running with the code location: plans appear without a click in the UI.

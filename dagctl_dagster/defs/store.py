@@ -22,6 +22,7 @@ from dagster import (
 
 from ..core.errors import DagctlPlanError
 from ..core.lifecycle import PlanEvent, PlanState, fold_plans
+from ..core.plan import split_plan_id
 
 EVENT_METADATA_KEY = "dagctl_event"
 PLAN_GROUP = "dagctl_plans"
@@ -91,17 +92,6 @@ def read_events(instance: DagsterInstance, project: str, environment: str) -> li
 
 def read_plan_states(instance: DagsterInstance, project: str, environment: str) -> dict[str, PlanState]:
     return fold_plans(read_events(instance, project, environment))
-
-
-def split_plan_id(plan_id: str) -> tuple[str, str]:
-    """`jaffle-prod-3f2a9c1d` -> (`jaffle`, `prod`); names never contain `-`."""
-    parts = plan_id.split("-")
-    if len(parts) != 3 or not all(parts):
-        raise DagctlPlanError(
-            f"'{plan_id}' is not a plan id; plan ids look like <project>-<environment>-<8 hex>, "
-            "e.g. jaffle-prod-3f2a9c1d (see the plan's asset page or `dagctl plans list`)"
-        )
-    return parts[0], parts[1]
 
 
 def get_plan_state(instance: DagsterInstance, plan_id: str) -> PlanState:
