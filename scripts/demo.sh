@@ -21,7 +21,7 @@ make_remote() {
   git -C "$work" add -A
   git -C "$work" -c user.name="Demo User" -c user.email=demo@example.com commit -qm "$name: first version"
   git -C "$work" remote add origin "$demo/remote/$name.git"
-  git -C "$work" push -q origin main
+  git -C "$work" push -q -u origin main
 }
 make_remote jaffle examples/jaffle_dbt
 make_remote shop examples/sqlmesh_shop
