@@ -67,6 +67,8 @@ def run_dbt_step(
     """
     if step.argv[:1] != ("dbt",) or step.working_dir is None:
         raise DagctlStepError(f"step '{step.name}' is not a dbt command in a project folder: {step.argv}")
+    # DbtCliResource passes this process's environment to dbt and has no parameter for more: set the
+    # step's variables (profiles folder, secrets) for the duration of the step only.
     env_backup = dict(os.environ)
     os.environ.update({**step.env, **resolve_secret_env(step)})
     try:
@@ -138,18 +140,14 @@ def _log_line(context: OpExecutionContext, raw_event: Mapping[str, Any]) -> None
 
 
 def _error_text(invocation) -> str:
-    lines = []
-    for event in invocation.get_artifact("run_results.json").get("results", []) if _has_results(invocation) else []:
-        if event.get("status") in ("error", "fail"):
-            lines.append(f"{event.get('unique_id')}: {event.get('message')}")
-    if lines:
-        return "; ".join(lines)
+    """dbt's own messages for the nodes that failed (from run_results.json), else its last error line."""
+    results_file = Path(invocation.target_path) / "run_results.json"
+    results = json.loads(results_file.read_text()).get("results", []) if results_file.exists() else []
+    failed = [f"{r.get('unique_id')}: {r.get('message')}" for r in results if r.get("status") in ("error", "fail")]
+    if failed:
+        return "; ".join(failed)
     error = invocation.get_error()
     return str(error).strip().splitlines()[-1] if error else "see the run's logs"
-
-
-def _has_results(invocation) -> bool:
-    return (Path(invocation.target_path) / "run_results.json").exists()
 
 
 def run_pipes_step(context: OpExecutionContext, step: StepSpec) -> Iterator[Any]:

@@ -143,3 +143,20 @@ def test_plan_records_its_change_set_as_asset_metadata(deployment):
         {"path": "Dockerfile", "category": "infrastructure", "change": "modified", "old_path": ""},
     ]
     assert f"Plan `{plan.plan_id}`" in metadata["summary"].value
+
+
+def test_a_failing_model_fails_the_plan_with_dbts_message(deployment):
+    remote = deployment["remote"]
+    broken = remote.read("models/marts/customers.sql").replace("c.first_name,", "c.no_such_column,", 1)
+    remote.commit("Break customers", {"models/marts/customers.sql": broken, ".dagctl/config.yaml": 'version: "4"\n'})
+
+    [result] = run_sensor_plans(deployment["defs"], deployment["instance"])
+
+    plan = dev_states(deployment["instance"])[-1]
+    failure = next(e.event_specific_data.error.message for e in result.all_events if e.is_step_failure)
+    assert not result.success
+    assert plan.status is PlanStatus.FAILED
+    assert plan.reason.startswith("`dbt build --target dev --select path:models/marts/customers.sql` failed: "
+                                  "model.jaffle.customers: ")
+    assert "no_such_column" in plan.reason
+    assert f"plan {plan.plan_id} failed: " in failure and "no_such_column" in failure
