@@ -111,7 +111,9 @@ def evaluate_policy(
     missing = []
     base_actors = {a for a in actors if not env.approvers or a in env.approvers}
     if len(base_actors) < env.required_approvals:
-        who = f" from {', '.join(env.approvers)}" if env.approvers else ""
+        # Name only those whose approval would still count: an approver who already approved cannot again.
+        remaining = [name for name in env.approvers if name not in actors]
+        who = f" from {', '.join(remaining)}" if remaining else ""
         needed = env.required_approvals - len(base_actors)
         missing.append(f"{needed} more approval(s){who}")
     for rule in get_matching_rules(env, spec):

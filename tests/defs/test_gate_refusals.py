@@ -93,7 +93,7 @@ def test_approved_plan_whose_policy_was_tightened_before_it_ran_stops_at_gate(de
     result = deployed.launch(request)
 
     assert (result.success, failed_step(result), failure_message(result)) == (
-        False, "gate", f"plan {plan_id} is not approved: still needs 1 more approval(s) from alice, bob; "
+        False, "gate", f"plan {plan_id} is not approved: still needs 1 more approval(s) from bob; "
         "nothing was built or executed")
     assert deployed.state(plan_id).status is PlanStatus.APPROVED
     assert_nothing_ran(deployed, plan_id, snapshots, result)

@@ -137,7 +137,7 @@ def test_summary_shows_who_approved_who_still_must_and_the_launchpad_config(depl
         "",
         "- alice at 2025-01-06 09:05 UTC, not verified (self-asserted)",
         "",
-        "**Still needed:** 1 more approval(s) from alice, bob, erin",
+        "**Still needed:** 1 more approval(s) from bob, erin",
     ]
     assert f"      plan_id: {plan.plan_id}" in approvals_block(summary)
 
