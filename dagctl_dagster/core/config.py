@@ -30,6 +30,7 @@ from pydantic import (
 
 from .errors import DagctlConfigError, DagctlProjectConfigError
 from .kubernetes_config import KubernetesBackendConfig
+from .steps import StepEnvConfig
 
 DEFAULT_CONFIG_PATH = "dagctl.yaml"
 PROJECT_CONFIG_PATH = ".dagctl/config.yaml"
@@ -100,6 +101,10 @@ class EnvironmentConfig(_Strict):
     )
     backend: BackendConfig | None = Field(
         default=None, description="Where this environment's steps run (default: the project's backend)."
+    )
+    step_env: StepEnvConfig = Field(
+        default_factory=StepEnvConfig,
+        description="Environment of this environment's steps, on top of the project's `step_env`.",
     )
 
     @field_validator("approval_ttl", mode="before")
@@ -194,6 +199,11 @@ class ProjectConfig(_Strict):
     sqlmesh: SqlmeshConfig = Field(default_factory=SqlmeshConfig)
     sensor_interval_seconds: int = Field(default=60, ge=5, description="Seconds between sensor ticks.")
     schedules: tuple[ScheduleConfig, ...] = ()
+    step_env: StepEnvConfig = Field(
+        default_factory=StepEnvConfig,
+        description="Environment of every step (explain, execute, schedules) of every environment. Steps "
+        "inherit nothing else from the code location but a small allowlist (PATH, HOME, locale, telemetry).",
+    )
 
     @field_validator("backend", mode="before")
     @classmethod
@@ -269,6 +279,10 @@ class ProjectConfig(_Strict):
 
     def backend_for(self, env: EnvironmentConfig) -> LocalBackendConfig | KubernetesBackendConfig:
         return env.backend or self.backend
+
+    def step_env_for(self, env: EnvironmentConfig) -> StepEnvConfig:
+        """The declared step environment of `env`: the project's, with the environment's on top."""
+        return self.step_env.merged(env.step_env)
 
 
 class DeploymentConfig(_Strict):
