@@ -37,9 +37,20 @@ from ..core.errors import DagctlGitError
 SSH_KEY_VARIABLE = "DAGCTL_GIT_SSH_KEY"
 TOKEN_VARIABLE = "DAGCTL_GIT_TOKEN"
 
-# A network command (ls-remote, fetch) that has not finished after this long is killed: a hung connection
-# must fail the tick, not block the sensor forever.
-NETWORK_TIMEOUT_SECONDS = 600.0
+# A network command (ls-remote, fetch) that has not finished after this long is killed, and a transfer slower
+# than 1 KB/s for this long is abandoned by git itself: a hung remote fails the tick instead of holding the
+# sensor (git's own default waits for minutes). Projects set it with `git_timeout_seconds`.
+NETWORK_TIMEOUT_SECONDS = 60.0
+_LOW_SPEED_LIMIT_BYTES = 1000
+
+# Hints by what git said, most specific first: the hint must fit the error (a full disk is not a credentials
+# problem).
+_DISK_ERRORS = ("no space left on device", "disk quota exceeded", "read-only file system")
+_TIMEOUT_ERRORS = ("timeout: the command", "timed out", "operation too slow")
+_UNREACHABLE_ERRORS = ("could not resolve host", "connection refused", "network is unreachable",
+                       "no route to host", "could not connect", "failed to connect")
+_CREDENTIAL_ERRORS = ("authentication failed", "could not read username", "could not read password",
+                      "permission denied", "403", "401", "terminal prompts disabled")
 
 # The tree with no entries; git knows it without it being stored, so it serves as the base of a first diff.
 _EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
@@ -167,9 +178,27 @@ def _normalize_subdirectory(subdirectory: str | None) -> str | None:
 
 
 def _relative_to(path: str, subdirectory: str | None) -> str:
+    path = escape_undecodable(path)
     if subdirectory and path.startswith(f"{subdirectory}/"):
         return path[len(subdirectory) + 1 :]
     return path
+
+
+def escape_undecodable(text: str) -> str:
+    """`text` decoded with `surrogateescape`, its undecodable bytes written as `\\xNN` (plain ASCII).
+
+    File names are bytes to Git; one that is not UTF-8 must never reach Dagster's event log or logs, which
+    cannot store it. The escaped name is still readable and says which byte it was.
+
+    Example: `escape_undecodable(b"models/caf\\xe9.sql".decode("utf-8", "surrogateescape"))` is
+    `"models/caf\\\\xe9.sql"` (a backslash, then `xe9`).
+    """
+    if text.isascii() or not any("\udc80" <= character <= "\udcff" for character in text):
+        return text
+    return "".join(
+        f"\\x{ord(character) - 0xDC00:02x}" if "\udc80" <= character <= "\udcff" else character
+        for character in text
+    )
 
 
 def _parse_name_status(output: str, subdirectory: str | None) -> list[DiffEntry]:
@@ -211,6 +240,8 @@ class GitMirror:
         mirror_dir: where the bare repository lives; created by the first `ensure()`.
         env: the environment of git processes; default `git_environment()`. `GIT_TERMINAL_PROMPT=0` is always
             added.
+        network_timeout: seconds after which a network call (ls-remote, fetch) is killed, and how long a
+            transfer may stay below 1 KB/s.
 
     Example:
         ```python
@@ -221,7 +252,8 @@ class GitMirror:
         ```
     """
 
-    def __init__(self, url: str, mirror_dir: Path, *, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, url: str, mirror_dir: Path, *, env: Mapping[str, str] | None = None,
+                 network_timeout: float = NETWORK_TIMEOUT_SECONDS) -> None:
         if not url or url.startswith("-"):
             raise DagctlGitError(
                 f"Invalid Git repository URL {redact_url(url)!r}: give an https, ssh or scp-like URL "
@@ -229,6 +261,7 @@ class GitMirror:
             )
         self.url = url
         self.mirror_dir = Path(mirror_dir)
+        self.network_timeout = network_timeout
         self._env = {**(git_environment() if env is None else env), "GIT_TERMINAL_PROMPT": "0"}
         # Values that must never reach a message: the token and a password embedded in the URL.
         self._secrets = [
@@ -455,14 +488,14 @@ class GitMirror:
         if subdirectory:
             # A pathspec (not `--relative`) so rename detection only pairs files inside the subdirectory.
             args.append(f":(top,literal){subdirectory}/")
-        status, output, stderr = self._execute(args)
+        status, raw, stderr = self._execute(args, text=False)
         if status != 0:
             # Find which side is unknown only on failure, to keep the common path to one process.
             if base is not None:
                 self.resolve(base)
             self.resolve(target)
             raise self._error(f"diff {base} and {target} in", stderr, hint="check both commits")
-        return _parse_name_status(output, subdirectory)
+        return _parse_name_status(raw.decode("utf-8", "surrogateescape"), subdirectory)
 
     def read_change(
         self, base: str | None, target: str, *, subdirectory: str | None = None, file_path: str
@@ -639,14 +672,26 @@ class GitMirror:
         """Run git and return its output; on failure a `DagctlGitError` saying what we tried on which URL."""
         status, output, stderr = self._execute(args, in_mirror=in_mirror, git_dir=git_dir, network=network)
         if status != 0:
-            hint = (
-                "check the URL, the network and the credentials (DAGCTL_GIT_SSH_KEY or DAGCTL_GIT_TOKEN in the "
-                "environment)"
-                if network
-                else f"check the mirror in {self.mirror_dir} (delete it to rebuild it from the remote)"
-            )
-            raise self._error(action, stderr, hint=hint)
+            raise self._error(action, stderr, hint=self._hint(stderr, network=network))
         return output
+
+    def _hint(self, stderr: str, *, network: bool) -> str:
+        """The hint that fits what git said."""
+        said = stderr.lower()
+        if any(error in said for error in _DISK_ERRORS):
+            return f"free disk space (or fix permissions) where the mirrors live, {self.mirror_dir.parent}"
+        if not network:
+            return f"check the mirror in {self.mirror_dir} (delete it to rebuild it from the remote)"
+        if any(error in said for error in _TIMEOUT_ERRORS):
+            return (f"the remote did not answer within {self.network_timeout:g}s: check that it is up and "
+                    "reachable, or raise the project's git_timeout_seconds if it is only slow")
+        if any(error in said for error in _UNREACHABLE_ERRORS):
+            return "check the host name in the URL and that the network reaches it"
+        if any(error in said for error in _CREDENTIAL_ERRORS):
+            return ("check the credentials: DAGCTL_GIT_SSH_KEY (ssh) or DAGCTL_GIT_TOKEN (https) in the "
+                    "environment, and that they may read this repository")
+        return ("check the URL, the network and the credentials (DAGCTL_GIT_SSH_KEY or DAGCTL_GIT_TOKEN in the "
+                "environment)")
 
     def _execute(
         self,
@@ -659,6 +704,9 @@ class GitMirror:
     ) -> tuple[int, str, str] | tuple[int, bytes, str]:
         directory = git_dir or (self.mirror_dir if in_mirror else None)
         env = self._mirror_env(directory) if directory else self._env
+        if network:
+            args = ["-c", f"http.lowSpeedLimit={_LOW_SPEED_LIMIT_BYTES}",
+                    "-c", f"http.lowSpeedTime={max(1, int(self.network_timeout))}", *args]
         return self._git(directory).execute(
             ["git", *args],
             env=env,
@@ -666,7 +714,7 @@ class GitMirror:
             with_exceptions=False,
             stdout_as_string=text,
             strip_newline_in_stdout=False,
-            kill_after_timeout=NETWORK_TIMEOUT_SECONDS if network else None,
+            kill_after_timeout=self.network_timeout if network else None,
         )
 
     def _mirror_env(self, git_dir: Path) -> dict[str, str]:
@@ -733,7 +781,7 @@ def _parse_commit_object(sha: str, raw: bytes) -> CommitInfo:
     match = _AUTHOR.search(headers)
     if match is None:
         raise DagctlGitError(f"commit {sha[:12]} has no author line")
-    name, email = match.group(1).decode(), match.group(2).decode()
+    name, email = match.group(1).decode("utf-8", "replace"), match.group(2).decode("utf-8", "replace")
     sign = -1 if match.group(4).startswith(b"-") else 1
     hours, minutes = int(match.group(4)[1:3]), int(match.group(4)[3:5])
     zone = timezone(sign * timedelta(hours=hours, minutes=minutes))

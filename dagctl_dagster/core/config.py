@@ -41,6 +41,64 @@ _DURATION = re.compile(r"^(\d+)([smhd])$")
 _DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
+# `scheme://userinfo@`: credentials in a repository URL (the user alone is fine for ssh: `ssh://git@host`).
+_URL_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*)://(?P<userinfo>[^/?#\s]*)@")
+MAX_VERSION_CHARS = 100
+
+# Cron fields: name, lowest, highest, names accepted in place of numbers.
+_CRON_FIELDS = (
+    ("minute", 0, 59, ()),
+    ("hour", 0, 23, ()),
+    ("day of month", 1, 31, ()),
+    ("month", 1, 12, ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")),
+    ("day of week", 0, 7, ("sun", "mon", "tue", "wed", "thu", "fri", "sat")),
+)
+_CRON_MACROS = frozenset({"@hourly", "@daily", "@midnight", "@weekly", "@monthly", "@yearly", "@annually"})
+_CRON_ITEM = re.compile(r"^(?:(?P<all>\*)|(?P<low>\w+)(?:-(?P<high>\w+))?)(?:/(?P<step>\d+))?$")
+
+
+def get_cron_problem(cron: str) -> str | None:
+    """What is wrong with a 5-field cron expression, or `None` (a pure check, no scheduler needed).
+
+    Stricter than Dagster's check (no `L`, `#` or wrapping ranges), never looser.
+
+    Example: `get_cron_problem("0 25 * * *")` is `"hour: 25 is not a number from 0 to 23"`.
+    """
+    text = cron.strip()
+    if text.lower() in _CRON_MACROS:
+        return None
+    fields = text.split()
+    if len(fields) != 5:
+        return (f"expected 5 fields (minute hour day-of-month month day-of-week, e.g. '0 3 * * *') or one of "
+                f"{', '.join(sorted(_CRON_MACROS))}, got {len(fields)}")
+    values: list[set[int]] = []
+    for field, (name, low, high, names) in zip(fields, _CRON_FIELDS):
+        seen: set[int] = set()
+        for item in field.split(","):
+            match = _CRON_ITEM.match(item)
+            if match is None:
+                return f"{name}: '{item}' is not a number, a range (1-5), '*' or a step (*/15)"
+            numbers = []
+            for part in (match.group("low"), match.group("high")):
+                if part is None:
+                    continue
+                number = (names.index(part.lower()) + (1 if name == "month" else 0) if part.lower() in names
+                          else int(part) if part.isdigit() else None)
+                if number is None or not low <= number <= high:
+                    return f"{name}: {part} is not a number from {low} to {high}"
+                numbers.append(number)
+            if match.group("step") is not None and int(match.group("step")) == 0:
+                return f"{name}: a step of 0 never repeats"
+            if len(numbers) == 2 and numbers[0] > numbers[1]:
+                return f"{name}: the range {item} goes backwards"
+            seen.update(range(numbers[0], numbers[-1] + 1) if numbers else range(low, high + 1))
+        values.append(seen)
+    days, months = values[2], values[3]
+    if months == {2} and days <= {30, 31}:
+        return "day of month: February never has that day"
+    return None
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -184,6 +242,14 @@ class ScheduleConfig(_Strict):
         description="What to run."
     )
 
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        problem = get_cron_problem(value)
+        if problem:
+            raise ValueError(f"invalid cron expression '{value}': {problem}")
+        return value
+
 
 class ProjectConfig(_Strict):
     """One Git repository holding a dbt or SQLMesh project."""
@@ -198,6 +264,11 @@ class ProjectConfig(_Strict):
     dbt: DbtConfig = Field(default_factory=DbtConfig)
     sqlmesh: SqlmeshConfig = Field(default_factory=SqlmeshConfig)
     sensor_interval_seconds: int = Field(default=60, ge=5, description="Seconds between sensor ticks.")
+    git_timeout_seconds: int = Field(
+        default=60, ge=1, le=3600,
+        description="Longest a Git network call (ls-remote, fetch) may take, and how long a transfer may stay "
+        "below 1 KB/s, before it fails: one hung remote never holds a sensor for long.",
+    )
     schedules: tuple[ScheduleConfig, ...] = ()
     step_env: StepEnvConfig = Field(
         default_factory=StepEnvConfig,
@@ -209,6 +280,20 @@ class ProjectConfig(_Strict):
     @classmethod
     def _backend_shorthand(cls, value: object) -> object:
         return {"type": value} if isinstance(value, str) else value
+
+    @field_validator("repository")
+    @classmethod
+    def _no_credentials(cls, value: str) -> str:
+        # The message never repeats the URL: it holds the secret.
+        match = _URL_USERINFO.match(value.strip())
+        if match:
+            userinfo, scheme = match.group("userinfo"), match.group("scheme").lower()
+            if ":" in userinfo or scheme in ("http", "https"):
+                raise ValueError(
+                    "the URL holds credentials (user:password@ or a token): remove them from the config and "
+                    "set DAGCTL_GIT_TOKEN (https) or DAGCTL_GIT_SSH_KEY (ssh) in the code location's environment"
+                )
+        return value
 
     @field_validator("subdirectory")
     @classmethod
@@ -314,7 +399,9 @@ class DeploymentConfig(_Strict):
 class ProjectRepoConfig(_Strict):
     """The project's own `.dagctl/config.yaml`."""
 
-    version: StrictStr = Field(min_length=1, description="Bump it to request a dbt plan.")
+    version: StrictStr = Field(
+        min_length=1, max_length=MAX_VERSION_CHARS, description="Bump it to request a dbt plan."
+    )
 
 
 def format_validation_error(error: ValidationError) -> str:
@@ -360,12 +447,17 @@ def load_deployment_config(path: str | Path) -> DeploymentConfig:
     """
     file = Path(path)
     try:
-        text = file.read_text()
+        text = file.read_bytes().decode("utf-8")
     except OSError as exc:
         raise DagctlConfigError(
             f"{file}: cannot read the deployment config ({exc.strerror}); "
             "set DAGCTL_CONFIG to its path"
         ) from exc
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise DagctlConfigError(
+            f"{file}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line {line}); save it as UTF-8"
+        ) from None
     return parse_deployment_config(text, source=str(file))
 
 

@@ -4,6 +4,12 @@ A dbt plan is explained from a Git diff alone, without parsing the dbt project: 
 category (model, test, macro, ...), the categories decide the scope (`all`, `selective` or `build_only`), and a
 `selective` scope selects exactly the changed files with dbt's `path:` selector, which also covers YAML files
 (tests and properties defined in them). That keeps `detect` close to the cost of `git diff` itself.
+
+dbt reads a `path:` value as a glob (`*`, `?`, `[`) and a selection argument as a list (spaces and commas
+separate criteria), so each path is escaped to match itself only (`models/a*.sql` -> `path:models/a[*].sql`).
+A name no escape can make exact (whitespace, a comma, a byte that is not UTF-8) makes the plan a full build
+that says why. Selective commands also turn dbt's "criterion matches no node" warning into an error: a plan
+never completes as executed while dbt built nothing of what it says.
 """
 
 from __future__ import annotations
@@ -51,6 +57,14 @@ _YAML = (".yml", ".yaml")
 SELECTABLE = frozenset({FileCategory.MODEL, FileCategory.TEST, FileCategory.SEED, FileCategory.SNAPSHOT})
 # Categories that can change any node: only a full build is safe.
 GLOBAL = frozenset({FileCategory.MACRO, FileCategory.CONFIGURATION})
+# Above this many changed files a selection is no longer worth reviewing file by file (and makes a huge argv).
+MAX_SELECTED_FILES = 500
+# Glob characters of dbt's `path:` (Python's `Path.glob`) and graph operators (`+`, `@`): each becomes a
+# one-character class, which matches exactly that character.
+_ESCAPED = {character: f"[{character}]" for character in "*?[+@"}
+# A selective dbt command fails when one of its criteria selects no node (a deleted YAML, a disabled model),
+# naming the criterion, instead of building the rest and reporting success.
+NO_EMPTY_SELECTION = ("--warn-error-options", '{"error":["NoNodesForSelectionCriteria"]}')
 
 
 class FileChange(BaseModel):
@@ -114,6 +128,32 @@ def categorize_path(path: str) -> FileCategory:
     }.get(top, FileCategory.OTHER)
 
 
+def get_unselectable_reason(path: str) -> str | None:
+    """Why dbt's `path:` selector cannot name `path` exactly, or `None` when `build_path_selector` can.
+
+    Whitespace and commas split dbt's selection arguments and have no escape. A backslash marks a byte
+    that is not UTF-8 (Git adapters write such bytes as `\\xNN`), which dbt cannot be given.
+
+    Example: `get_unselectable_reason("models/my model.sql")` is `"it contains whitespace"`.
+    """
+    if any(character.isspace() for character in path):
+        return "it contains whitespace"
+    if "," in path:
+        return "it contains a comma"
+    if "\\" in path or not path.isprintable():
+        return "it contains a backslash, a control character or a byte that is not UTF-8"
+    return None
+
+
+def build_path_selector(path: str, *, include_downstream: bool = False) -> str:
+    """The dbt selection criterion that selects exactly the file `path` (see `get_unselectable_reason`).
+
+    Example: `build_path_selector("models/a*[1]+.sql")` is `"path:models/a[*][[]1][+].sql"`.
+    """
+    escaped = "".join(_ESCAPED.get(character, character) for character in path)
+    return f"path:{escaped}{'+' if include_downstream else ''}"
+
+
 def build_file_change(
     path: str, change_type: ChangeType | str, old_path: str | None = None
 ) -> FileChange:
@@ -125,15 +165,21 @@ def build_file_change(
 
 
 def build_dbt_scope(
-    changes: Sequence[FileChange], *, has_base: bool, include_downstream: bool = False
+    changes: Sequence[FileChange], *, has_base: bool, include_downstream: bool = False,
+    is_base_gone: bool = False,
 ) -> DbtScope:
     """Decides the scope of a dbt plan from its changed files.
+
+    `is_base_gone`: the environment's deployed commit no longer exists (a force-push rewrote the history),
+    so `changes` are every file of the target and only a full build is truthful.
 
     Example:
         >>> build_dbt_scope([build_file_change("models/a.sql", "modified")], has_base=True).selection
         ('path:models/a.sql',)
     """
     removed = _removed_nodes(changes)
+    if is_base_gone:
+        return DbtScope(scope=Scope.ALL, reason="the deployed commit is no longer in the repository: full build")
     if not has_base:
         return DbtScope(
             scope=Scope.ALL, reason="first deployment of this environment: full build", removed=removed
@@ -150,12 +196,22 @@ def build_dbt_scope(
             reason=f"{' and '.join(global_changes)} changed: any node may be affected, full build",
             removed=removed,
         )
-    suffix = "+" if include_downstream else ""
-    selection = tuple(
-        f"path:{change.path}{suffix}"
-        for change in sorted(changes, key=lambda c: c.path)
-        if change.category in SELECTABLE and not change.is_removal
-    )
+    selected = [change.path for change in sorted(changes, key=lambda c: c.path)
+                if change.category in SELECTABLE and not change.is_removal]
+    unselectable = [(path, reason) for path in selected if (reason := get_unselectable_reason(path))]
+    if unselectable:
+        path, why = unselectable[0]
+        others = f" (and {len(unselectable) - 1} more such file(s))" if len(unselectable) > 1 else ""
+        return DbtScope(
+            scope=Scope.ALL, removed=removed,
+            reason=f"dbt's path: selector cannot select {path!r} exactly, {why}{others}: full build",
+        )
+    if len(selected) > MAX_SELECTED_FILES:
+        return DbtScope(
+            scope=Scope.ALL, removed=removed,
+            reason=f"{len(selected)} files to select, more than {MAX_SELECTED_FILES}: full build",
+        )
+    selection = tuple(build_path_selector(path, include_downstream=include_downstream) for path in selected)
     if selection:
         downstream = " and their downstream nodes" if include_downstream else ""
         return DbtScope(
@@ -193,7 +249,11 @@ def build_dbt_commands(
     The profiles folder is not part of the command line: each backend points `DBT_PROFILES_DIR` at its
     own copy, so the approved command line is the same locally and in a pod.
 
-    Example: `(("dbt", "build", "--target", "prod", "--select", "path:models/a.sql"),)`.
+    A selective command fails, naming the criterion, when one of its criteria selects no node
+    (`NO_EMPTY_SELECTION`).
+
+    Example: `(("dbt", "build", "--target", "prod", "--warn-error-options",
+    '{"error":["NoNodesForSelectionCriteria"]}', "--select", "path:models/a.sql"),)`.
     """
     if not scope.requires_dbt:
         return ()
@@ -201,6 +261,6 @@ def build_dbt_commands(
     for argv in commands:
         line = [*argv, "--target", target]
         if scope.scope is Scope.SELECTIVE:
-            line += ["--select", *scope.selection]
+            line += [*NO_EMPTY_SELECTION, "--select", *scope.selection]
         built.append(tuple(line))
     return tuple(built)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from dagster import AssetSpec, Definitions
 
+from ..adapters.git import redact_url
 from ..core.config import DEFAULT_CONFIG_PATH, DeploymentConfig, load_deployment_config
 from .plan_job import build_plan_job, build_plan_ops
 from .review import build_review_job
@@ -39,7 +40,7 @@ def build_definitions(runtime: PlanRuntime) -> Definitions:
             description=f"Plans of {project.framework} project '{project.name}' for environment "
             f"'{env.name}'{' (protected)' if env.protected else ''}: each materialization is a plan, "
             "each observation a transition or decision.",
-            metadata={"repository": project.repository, "branch": project.tracked_branch(env)},
+            metadata={"repository": redact_url(project.repository), "branch": project.tracked_branch(env)},
         )
         for project in runtime.deployment.projects
         for env in project.environments

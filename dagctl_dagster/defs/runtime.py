@@ -41,7 +41,8 @@ class PlanRuntime:
     def mirror(self, project: ProjectConfig) -> GitMirror:
         if project.name not in self._mirrors:
             self._mirrors[project.name] = GitMirror(
-                self.repository_url(project), self.storage_dir / "mirrors" / f"{project.name}.git"
+                self.repository_url(project), self.storage_dir / "mirrors" / f"{project.name}.git",
+                network_timeout=project.git_timeout_seconds,
             )
         return self._mirrors[project.name]
 

@@ -1,8 +1,12 @@
 """Sensors: new plans from Git, executions from approvals, failures from dead runs.
 
 - `<project>_plan_sensor`: dbt projects request a plan when `.dagctl/config.yaml`'s version at the branch
-  head differs from the version of the environment's last completed plan; SQLMesh projects when the head
-  commit differs from the last completed plan's. Run keys make requests idempotent.
+  head differs from the version of the environment's newest plan (pending, approved, running, completed or
+  failed: a rejected or cancelled plan does not count); SQLMesh projects when the head commit differs from
+  the last completed plan's. Run keys make requests idempotent. A request whose run failed before `detect`
+  recorded a plan (e.g. the run never started) is requested again, at most `MAX_PLAN_ATTEMPTS` times.
+  Each project has its own sensor: with `sensors: use_threads: true` in `dagster.yaml` the daemon evaluates
+  them in parallel, so one hung remote (bounded by `git_timeout_seconds`) never delays the others.
 - `dagctl_approval_sensor`: launches the plan job for each plan whose policy is met (run key from the plan
   id: one execution however many approvals or ticks), and for each failed plan a reviewer asked to retry.
 - `dagctl_run_failure_sensor`: marks the plan `failed` when its run fails or is cancelled without the op
@@ -17,6 +21,7 @@ from dagster import (
     DefaultSensorStatus,
     DagsterRunStatus,
     RunRequest,
+    RunsFilter,
     RunStatusSensorContext,
     SensorEvaluationContext,
     SensorResult,
@@ -31,12 +36,23 @@ from ..core.errors import DagctlError
 from ..core.lifecycle import PlanState, PlanStatus, build_status_event, get_last_completed
 from ..core.policy import SYSTEM_ACTOR, evaluate_policy
 from .runtime import PlanRuntime
-from ..core.plan import split_plan_id
+from ..core.plan import build_plan_id, split_plan_id
 from .store import read_plan_states
 from .tags import PLAN_ID_TAG, TRIGGER_TAG, plan_run_tags
 
 # Sensors start running with the code location: plans appear without a click in the UI.
 RUNNING = DefaultSensorStatus.RUNNING
+# Every run a plan sensor requests for one (environment, version, head) carries the same request key.
+REQUEST_TAG = "dagctl/request"
+MAX_PLAN_ATTEMPTS = 3
+_DEAD = (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
+_NOT_COUNTED = (PlanStatus.REJECTED, PlanStatus.CANCELLED)
+
+
+def get_newest_plan(states) -> PlanState | None:
+    """The environment's newest plan that still stands: rejected and cancelled plans do not count."""
+    standing = [state for state in states if state.status not in _NOT_COUNTED]
+    return max(standing, key=lambda state: state.spec.created_at, default=None)
 
 
 def plan_run_config(environment: str, *, commit: str = "", plan_id: str = "") -> dict:
@@ -57,31 +73,51 @@ def build_plan_sensor(runtime: PlanRuntime, project: ProjectConfig, job):
             try:
                 if branch not in heads:
                     heads[branch] = mirror.refresh_branch(branch)
-                request = _plan_request(context, project, env, heads[branch])
+                request, why = _plan_request(context, project, env, heads[branch])
             except DagctlError as exc:
                 skips.append(f"{project.name}/{env.name}: {exc}")
                 continue
             if request is None:
-                skips.append(f"{project.name}/{env.name}: up to date")
+                skips.append(f"{project.name}/{env.name}: {why}")
             else:
                 requests.append(request)
         if requests:
             return SensorResult(run_requests=requests)
         return SkipReason("; ".join(skips))
 
-    def _plan_request(context, project: ProjectConfig, env: EnvironmentConfig, head: str):
-        last = get_last_completed(read_plan_states(context.instance, project.name, env.name).values())
+    def _plan_request(context, project: ProjectConfig, env: EnvironmentConfig,
+                      head: str) -> tuple[RunRequest | None, str]:
+        states = read_plan_states(context.instance, project.name, env.name)
         if project.framework == "dbt":
             version = read_project_version(runtime.mirror(project), project, head)
-            if last is not None and last.spec.version_new == version:
-                return None
+            newest = get_newest_plan(states.values())
+            if newest is not None and newest.spec.version_new == version:
+                return None, "up to date"
             key = f"{project.name}:{env.name}:{version}:{head}"
         else:
+            last = get_last_completed(states.values())
             if last is not None and last.spec.target_commit == head:
-                return None
+                return None, "up to date"
             key = f"{project.name}:{env.name}:{head}"
-        return RunRequest(run_key=key, run_config=plan_run_config(env.name, commit=head),
-                          tags={**plan_run_tags(project.name, env.name), TRIGGER_TAG: "sensor"})
+        # Runs already requested for this key: one that is queued, running, or that recorded a plan is
+        # enough. Runs that died before `detect` recorded anything (a launch timeout, a crashed worker)
+        # would otherwise leave the change unplanned until the next commit: they are requested again.
+        runs = [record.dagster_run for record in
+                context.instance.get_run_records(RunsFilter(tags={REQUEST_TAG: key}))]
+        unplanned = [run for run in runs if run.status in _DEAD
+                     and build_plan_id(project.name, env.name, run.run_id) not in states]
+        if len(unplanned) < len(runs):
+            return None, "up to date"
+        if len(unplanned) >= MAX_PLAN_ATTEMPTS:
+            return None, (f"the plan of {head[:12]} was requested {len(unplanned)} times and each run ended "
+                          f"before it recorded a plan (last: run {unplanned[0].run_id[:8]}, see its logs); "
+                          "not requested again: push a new commit or launch the plan job by hand")
+        attempt = len(unplanned) + 1
+        return RunRequest(
+            run_key=key if attempt == 1 else f"{key}:attempt:{attempt}",
+            run_config=plan_run_config(env.name, commit=head),
+            tags={**plan_run_tags(project.name, env.name), TRIGGER_TAG: "sensor", REQUEST_TAG: key},
+        ), ""
 
     return plan_sensor
 

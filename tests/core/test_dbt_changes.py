@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from dagctl_dagster.core.dbt_changes import (
+    MAX_SELECTED_FILES,
+    NO_EMPTY_SELECTION,
     ChangeType,
     DbtScope,
     FileCategory,
@@ -13,7 +15,9 @@ from dagctl_dagster.core.dbt_changes import (
     build_dbt_commands,
     build_dbt_scope,
     build_file_change,
+    build_path_selector,
     categorize_path,
+    get_unselectable_reason,
 )
 
 SELECTIVE_REASON = "only models, tests, seeds or snapshots changed: builds the {} changed file(s)"
@@ -332,7 +336,7 @@ BUILD_ONLY = DbtScope(scope=Scope.BUILD_ONLY, reason=REBUILD_ONLY_REASON)
             (
                 (
                     "dbt", "build", "--target", "prod",
-                    "--select", "path:models/a.sql", "path:models/schema.yml",
+                    *NO_EMPTY_SELECTION, "--select", "path:models/a.sql", "path:models/schema.yml",
                 ),
             ),
             id="selective_build_selects_exactly_the_changed_files",
@@ -343,11 +347,11 @@ BUILD_ONLY = DbtScope(scope=Scope.BUILD_ONLY, reason=REBUILD_ONLY_REASON)
             (
                 (
                     "dbt", "seed", "--target", "prod",
-                    "--select", "path:models/a.sql", "path:models/schema.yml",
+                    *NO_EMPTY_SELECTION, "--select", "path:models/a.sql", "path:models/schema.yml",
                 ),
                 (
                     "dbt", "build", "--fail-fast", "--target", "prod",
-                    "--select", "path:models/a.sql", "path:models/schema.yml",
+                    *NO_EMPTY_SELECTION, "--select", "path:models/a.sql", "path:models/schema.yml",
                 ),
             ),
             id="selective_applies_the_selection_to_every_command",
@@ -371,3 +375,71 @@ def test_build_dbt_commands_uses_the_environment_target() -> None:
     assert build_dbt_commands([("dbt", "build")], ALL, target="prod_eu") == (
         ("dbt", "build", "--target", "prod_eu"),
     )
+
+
+@pytest.mark.parametrize(
+    ("path", "selector"),
+    [
+        ("models/a.sql", "path:models/a.sql"),
+        ("models/**/*.sql", "path:models/[*][*]/[*].sql"),
+        ("models/what?.sql", "path:models/what[?].sql"),
+        ("models/[x]y.sql", "path:models/[[]x]y.sql"),
+        ("models/c++/a+.sql", "path:models/c[+][+]/a[+].sql"),
+        ("tests/ends_with+", "path:tests/ends_with[+]"),
+        ("models/@at.sql", "path:models/[@]at.sql"),
+        ("models/café.sql", "path:models/café.sql"),
+    ],
+)
+def test_build_path_selector_escapes_what_dbt_would_interpret(path: str, selector: str) -> None:
+    assert get_unselectable_reason(path) is None
+    assert build_path_selector(path) == selector
+
+
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [
+        ("models/my model.sql", "it contains whitespace"),
+        ("models/line\nbreak.sql", "it contains whitespace"),
+        ("models/tab\t.sql", "it contains whitespace"),
+        ("models/a,b.sql", "it contains a comma"),
+        ("models/caf\\xe9.sql", "it contains a backslash, a control character or a byte that is not UTF-8"),
+        ("models/bell\x07.sql", "it contains a backslash, a control character or a byte that is not UTF-8"),
+    ],
+)
+def test_names_without_an_exact_escape_are_unselectable(path: str, reason: str) -> None:
+    assert get_unselectable_reason(path) == reason
+
+
+def test_an_unselectable_changed_file_makes_a_full_build_that_names_it() -> None:
+    changes = [build_file_change("models/ok.sql", "modified"), build_file_change("models/my model.sql", "added"),
+               build_file_change("models/a,b.sql", "added")]
+
+    assert build_dbt_scope(changes, has_base=True) == DbtScope(
+        scope=Scope.ALL,
+        reason="dbt's path: selector cannot select 'models/a,b.sql' exactly, it contains a comma "
+        "(and 1 more such file(s)): full build",
+    )
+
+
+def test_an_unselectable_file_dbt_does_not_build_keeps_the_plan_build_only() -> None:
+    scope = build_dbt_scope([build_file_change("docs/read me.md", "added")], has_base=True)
+    assert (scope.scope, scope.reason) == (Scope.BUILD_ONLY, REBUILD_ONLY_REASON)
+
+
+def test_glob_file_names_are_selected_exactly_with_downstream() -> None:
+    scope = build_dbt_scope([build_file_change("models/**/*.sql", "added")], has_base=True,
+                            include_downstream=True)
+    assert (scope.scope, scope.selection) == (Scope.SELECTIVE, ("path:models/[*][*]/[*].sql+",))
+
+
+def test_too_many_changed_files_make_a_full_build() -> None:
+    changes = [build_file_change(f"models/m{index}.sql", "added") for index in range(MAX_SELECTED_FILES + 1)]
+    assert build_dbt_scope(changes, has_base=True) == DbtScope(
+        scope=Scope.ALL, reason=f"{MAX_SELECTED_FILES + 1} files to select, more than {MAX_SELECTED_FILES}: "
+        "full build")
+
+
+def test_a_deployed_commit_gone_from_the_repository_makes_a_full_build() -> None:
+    changes = [build_file_change("models/a.sql", "added")]
+    assert build_dbt_scope(changes, has_base=True, is_base_gone=True) == DbtScope(
+        scope=Scope.ALL, reason="the deployed commit is no longer in the repository: full build")
