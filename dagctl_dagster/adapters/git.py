@@ -726,7 +726,9 @@ class GitMirror:
         return git.Git(str(directory) if directory else None)
 
     def _error(self, action: str, stderr: str, *, hint: str) -> DagctlGitError:
-        detail = self._scrub(stderr).strip()
+        detail = self._scrub(stderr).strip().rstrip(".")
+        if detail.startswith("Timeout: the command"):  # GitPython's words, with the whole command line
+            detail = f"no answer within {self.network_timeout:g}s, git was stopped"
         if len(detail) > _MAX_STDERR_CHARS:
             detail = "..." + detail[-_MAX_STDERR_CHARS:]
         return DagctlGitError(
