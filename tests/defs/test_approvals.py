@@ -18,6 +18,7 @@ from conftest import (
 )
 from dagster import RunRequest
 
+from dagctl_dagster.core.dbt_changes import NO_EMPTY_SELECTION
 from dagctl_dagster.core.lifecycle import Decision, EventKind, PlanEvent, PlanStatus
 from dagctl_dagster.core.plan import build_plan_id
 from dagctl_dagster.core.policy import compute_approval_code
@@ -198,7 +199,7 @@ def test_change_set_recomputed_differently_at_execution_is_discarded_before_buil
     result = deployed.launch(request)
 
     assert plan.spec.commands == (
-        ("dbt", "seed", "--target", "prod", "--select", "path:models/marts/customers.sql"),)
+        ("dbt", "seed", "--target", "prod", *NO_EMPTY_SELECTION, "--select", "path:models/marts/customers.sql"),)
     assert (failed_step(result), failure_message(result)) == (
         "gate", f"plan {plan.plan_id} was discarded as stale: the change set recomputed on the pinned "
         "commits differs from the approved fingerprint; nothing was built or executed. Create a new plan.")

@@ -13,6 +13,7 @@ from dagster import AssetKey, DagsterInstance, SkipReason, build_sensor_context,
 from fixtures.git_repos import DBT_PROFILES, GitRepo, make_repo
 
 from dagctl_dagster.core.config import parse_deployment_config
+from dagctl_dagster.core.dbt_changes import NO_EMPTY_SELECTION
 from dagctl_dagster.core.lifecycle import PlanStatus
 from dagctl_dagster.defs.definitions import build_definitions
 from dagctl_dagster.defs.runtime import PlanRuntime
@@ -107,7 +108,7 @@ def test_version_bump_with_model_change_runs_only_the_changed_model(deployment):
         PlanStatus.COMPLETED, commit, "1", "2")
     assert plan.spec.dbt_scope.selection == ("path:models/marts/customers.sql",)
     assert plan.spec.commands == (
-        ("dbt", "build", "--target", "dev", "--select", "path:models/marts/customers.sql"),)
+        ("dbt", "build", "--target", "dev", *NO_EMPTY_SELECTION, "--select", "path:models/marts/customers.sql"),)
     assert materialized_models(result) == {"customers"}
     assert query(deployment["warehouse"], "select first_name_upper from customers where customer_id = 1") \
         == [("ADA",)]
@@ -156,7 +157,7 @@ def test_a_failing_model_fails_the_plan_with_dbts_message(deployment):
     failure = next(e.event_specific_data.error.message for e in result.all_events if e.is_step_failure)
     assert not result.success
     assert plan.status is PlanStatus.FAILED
-    assert plan.reason.startswith("`dbt build --target dev --select path:models/marts/customers.sql` failed: "
-                                  "model.jaffle.customers: ")
+    assert plan.reason.startswith(f"`dbt build --target dev {' '.join(NO_EMPTY_SELECTION)} --select "
+                                  "path:models/marts/customers.sql` failed: model.jaffle.customers: ")
     assert "no_such_column" in plan.reason
     assert f"plan {plan.plan_id} failed: " in failure and "no_such_column" in failure
