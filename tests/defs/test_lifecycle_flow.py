@@ -271,6 +271,6 @@ def test_bad_project_config_is_a_skip_reason_and_other_projects_still_plan(deplo
         run_config={"ops": {"detect": {"config": {"environment": "prod", "commit": finance.head,
                                                   "plan_id": ""}}}},
         tags={"dagctl/project": "finance", "dagctl/environment": "prod", "dagctl/lock": "finance.prod",
-              "dagctl/trigger": "sensor"})]
+              "dagctl/trigger": "sensor", "dagctl/request": f"finance:prod:1:{finance.head}"})]
     deployed_plan = deployed.state(deployed.deployed_plan_id)
     assert (deployed_plan.status, deployed_plan.spec.version_new) == (PlanStatus.COMPLETED, "1")
