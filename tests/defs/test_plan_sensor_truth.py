@@ -196,3 +196,4 @@ def test_the_shipped_instance_evaluates_sensors_in_parallel_threads(tmp_path: Pa
 
     with DagsterInstance.from_config(str(home)) as instance:
         assert instance.get_settings("sensors") == {"use_threads": True, "num_workers": 8}
+        assert instance.get_settings("code_servers") == {"local_startup_timeout": 180}
