@@ -181,3 +181,30 @@ def test_a_git_token_is_used_and_never_written_to_storage_logs_or_metadata(
     assert records and not [r for r in records if TOKEN in repr(r.event_log_entry)]
     [asset] = [spec for spec in deployed.defs.resolve_all_asset_specs() if spec.key == key]
     assert asset.metadata["repository"] == url
+
+
+def test_a_selected_file_that_holds_no_node_fails_the_plan_naming_it(deployed):
+    deployed.configure(protected=False, dbt_commands=["dbt build"])
+    deployed.repo.commit("Properties without a node", {"models/staging/empty.yml": "version: 2\n",
+                                                       ".dagctl/config.yaml": 'version: "2"\n'})
+
+    plan, result = plan_from_sensor(deployed)
+
+    assert not result.success
+    failed = deployed.state(plan.plan_id)
+    assert (failed.status, plan.spec.dbt_scope.selection) == (PlanStatus.FAILED, ("path:models/staging/empty.yml",))
+    assert "The selection criterion 'path:models/staging/empty.yml' does not match any enabled nodes" in (
+        failed.reason)
+    assert warehouse_materializations(result) == []
+
+
+@pytest.mark.parametrize("name", ["models/my model.sql", "models/two\nlines.sql", "models/a,b.sql"])
+def test_a_file_name_without_an_exact_selection_plans_a_full_build_naming_it(deployed, name):
+    deployed.repo.commit("Odd name", {name: "select 1 as x\n", ".dagctl/config.yaml": 'version: "2"\n'})
+
+    plan, result = plan_from_sensor(deployed)
+
+    assert result.success, failure_message(result)
+    assert (plan.status, plan.spec.dbt_scope.scope, plan.spec.commands) == (
+        PlanStatus.PENDING, "all", (("dbt", "seed", "--target", "prod"),))
+    assert plan.spec.dbt_scope.reason.startswith(f"dbt's path: selector cannot select {name!r} exactly, ")
