@@ -50,9 +50,15 @@ _NOT_COUNTED = (PlanStatus.REJECTED, PlanStatus.CANCELLED)
 
 
 def get_newest_plan(states) -> PlanState | None:
-    """The environment's newest plan that still stands: rejected and cancelled plans do not count."""
-    standing = [state for state in states if state.status not in _NOT_COUNTED]
-    return max(standing, key=lambda state: state.spec.created_at, default=None)
+    """The environment's newest plan that still stands: rejected and cancelled plans do not count.
+
+    `states` come in recorded order (as folded): on equal creation times the plan recorded later wins.
+    """
+    newest: PlanState | None = None
+    for state in states:
+        if state.status not in _NOT_COUNTED and (newest is None or state.spec.created_at >= newest.spec.created_at):
+            newest = state
+    return newest
 
 
 def plan_run_config(environment: str, *, commit: str = "", plan_id: str = "") -> dict:

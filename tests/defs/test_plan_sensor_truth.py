@@ -68,6 +68,22 @@ def test_a_push_without_a_bump_after_a_completed_plan_requests_no_plan(deployed)
     assert deployed.tick(PLAN_SENSOR) == UP_TO_DATE
 
 
+def test_the_newest_plan_counts_even_when_an_older_one_completed_at_the_same_time(deployed):
+    # The test clock stands still: both plans are created at the same instant, the later one counts.
+    deployed.configure(protected=False)
+    deployed.commit_change()
+    completed = plan_from_sensor(deployed)
+    deployed.configure(**PROTECTED)
+    deployed.commit_change()
+    pending = plan_from_sensor(deployed)
+    push_without_bump(deployed)
+
+    assert completed.spec.created_at == pending.spec.created_at
+    assert (completed.status, pending.status, pending.spec.version_new) == (
+        PlanStatus.COMPLETED, PlanStatus.PENDING, "3")
+    assert deployed.tick(PLAN_SENSOR) == UP_TO_DATE
+
+
 def fail_before_detect(deployed, request) -> None:
     """What a launch timeout leaves: the requested run exists with its tags and failed, no step ran."""
     run = deployed.instance.create_run_for_job(
