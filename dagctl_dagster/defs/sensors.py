@@ -110,10 +110,15 @@ def build_plan_sensor(runtime: PlanRuntime, project: ProjectConfig, job):
         # would otherwise leave the change unplanned until the next commit: they are requested again.
         runs = [record.dagster_run for record in
                 context.instance.get_run_records(RunsFilter(tags={REQUEST_TAG: key}))]
-        unplanned = [run for run in runs if run.status in _DEAD
-                     and build_plan_id(project.name, env.name, run.run_id) not in states]
-        if len(unplanned) < len(runs):
-            return None, "up to date"
+        active = [run for run in runs if not run.is_finished]
+        if active:
+            return None, f"the plan of {head[:12]} is being made (run {active[0].run_id[:8]} is {active[0].status.value})"
+        planned = [states[plan_id] for run in runs
+                   if (plan_id := build_plan_id(project.name, env.name, run.run_id)) in states]
+        if planned:
+            return None, (f"{head[:12]} was planned already (plan {planned[0].plan_id}, {planned[0].status.value}): "
+                          "push a new commit to plan it again")
+        unplanned = [run for run in runs if run.status in _DEAD]
         if len(unplanned) >= MAX_PLAN_ATTEMPTS:
             return None, (f"the plan of {head[:12]} was requested {len(unplanned)} times and each run ended "
                           f"before it recorded a plan (last: run {unplanned[0].run_id[:8]}, see its logs); "

@@ -49,7 +49,9 @@ def test_a_push_without_a_bump_after_a_rejection_plans_again(deployed):
     deployed.commit_change()
     rejected = plan_from_sensor(deployed)
     assert deployed.decide(rejected.plan_id, "reject", "alice", comment="not like this").success
-    assert deployed.tick(PLAN_SENSOR) == UP_TO_DATE  # the same commit is not planned twice
+    assert deployed.tick(PLAN_SENSOR) == SkipReason(  # the same commit is not planned twice
+        f"{PROJECT}/{ENV}: {deployed.repo.head[:12]} was planned already (plan {rejected.plan_id}, rejected): "
+        "push a new commit to plan it again")
     head = push_without_bump(deployed)
 
     replanned = plan_from_sensor(deployed)
@@ -119,8 +121,16 @@ def test_a_run_that_started_late_after_a_failed_attempt_still_plans_once(deploye
     fail_before_detect(deployed, first)
     [second] = run_requests(deployed.tick(PLAN_SENSOR))
 
+    queued = deployed.instance.create_run_for_job(
+        job_def=deployed.defs.resolve_job_def(PLAN_JOB), run_config=second.run_config,
+        tags={**second.tags, "dagster/run_key": second.run_key})
+    while_queued = deployed.tick(PLAN_SENSOR)
+    deployed.instance.delete_run(queued.run_id)  # the queue drops it; the daemon launches `second`
     plan = deployed.state(build_plan_id(PROJECT, ENV, deployed.launch(second).run_id))
 
+    assert while_queued == SkipReason(
+        f"{PROJECT}/{ENV}: the plan of {deployed.repo.head[:12]} is being made (run {queued.run_id[:8]} is "
+        "NOT_STARTED)")
     assert plan.status is PlanStatus.PENDING
     assert deployed.tick(PLAN_SENSOR) == UP_TO_DATE
 
