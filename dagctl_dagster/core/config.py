@@ -267,7 +267,8 @@ class ProjectConfig(_Strict):
     git_timeout_seconds: int = Field(
         default=60, ge=1, le=3600,
         description="Longest a Git network call (ls-remote, fetch) may take, and how long a transfer may stay "
-        "below 1 KB/s, before it fails: one hung remote never holds a sensor for long.",
+        "below 1 KB/s, before it fails: one hung remote never holds a sensor for long. Raise it if the first "
+        "clone of a large repository needs longer.",
     )
     schedules: tuple[ScheduleConfig, ...] = ()
     step_env: StepEnvConfig = Field(
