@@ -11,7 +11,7 @@ from datetime import datetime
 
 from ..core.config import PROJECT_CONFIG_PATH, EnvironmentConfig, ProjectConfig, parse_project_repo_config
 from ..core.dbt_changes import build_dbt_commands, build_dbt_scope, build_file_change
-from ..core.plan import Framework, PlanSpec, seal_plan
+from ..core.plan import CommitIdentity, Framework, PlanSpec, seal_plan
 from .git import GitMirror
 
 
@@ -64,6 +64,8 @@ def explain_dbt_plan(
         version_new=version,
         triggered_by=triggered_by,
         author=requested_by or info.author_name,
+        authors=tuple(CommitIdentity(name=name, email=email)
+                      for name, email in mirror.list_commit_identities(base_commit, target_commit)),
         commit_message=info.message,
         commits_ahead=ahead,
         files=files,

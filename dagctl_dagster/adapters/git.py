@@ -412,6 +412,28 @@ class GitMirror:
             authored_at=datetime.fromisoformat(authored).astimezone(UTC),
         )
 
+    def list_commit_identities(self, base: str | None, target: str) -> list[tuple[str, str]]:
+        """`(name, email)` of the author and the committer of every commit in `base..target`, each once, in
+        history order (newest first). Without `base` (a first deployment), of the target commit alone: the
+        whole history is not one person's change.
+
+        Raises:
+            DagctlGitError: either commit is not in the mirror.
+
+        Example: `mirror.list_commit_identities(deployed, head)` -> `[("Ann", "ann@acme.io"), ...]`.
+        """
+        target_sha = self.resolve(target)
+        revisions = [f"{self.resolve(base)}..{target_sha}"] if base else ["-1", target_sha]
+        output = self._run(["log", "--format=%an%x00%ae%x00%cn%x00%ce", *revisions, "--"],
+                           action="list the commits of")
+        identities: list[tuple[str, str]] = []
+        for line in output.splitlines():
+            fields = line.split("\0")
+            for name, email in ((fields[0], fields[1]), (fields[2], fields[3])) if len(fields) == 4 else ():
+                if (name, email) not in identities:
+                    identities.append((name, email))
+        return identities
+
     def commits_ahead(self, base: str, target: str) -> int:
         """How many commits `target` has that `base` has not (`git rev-list --count base..target`).
 
