@@ -315,6 +315,10 @@ def admit_execution(
         reason = f" ({state.reason})" if state.reason else ""
         raise _fail(context, f"plan {spec.plan_id} is {state.status.value}{reason}: only an approved plan, "
                              "or a failed one being retried, can execute; nothing was built or executed")
+    try:
+        check_transition(state, PlanStatus.RUNNING)
+    except DagctlError as exc:
+        raise _fail(context, f"{exc}; nothing was built or executed") from exc
     if state.status is PlanStatus.FAILED:
         # A retry (the approval sensor's, or Dagster's own re-execution of the failed run) needs a retry
         # decision by someone the policy lets retry, checked again here from the event log.
@@ -328,10 +332,6 @@ def admit_execution(
                         attempt=state.retries + 1, people=runtime.deployment.people)
         except DagctlError as exc:
             raise _fail(context, f"{exc}; nothing was built or executed") from exc
-    try:
-        check_transition(state, PlanStatus.RUNNING)
-    except DagctlError as exc:
-        raise _fail(context, f"{exc}; nothing was built or executed") from exc
     policy = runtime.evaluate_policy(env, state)
     if not policy.is_satisfied:
         raise _fail(context, f"plan {spec.plan_id} is not approved: still needs {'; '.join(policy.missing)}; "
