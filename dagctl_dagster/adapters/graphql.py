@@ -916,6 +916,10 @@ class DagctlClient:
                 plan = self.get_plan(plan_id)
             except DagctlPlanNotRecordedError:
                 plan = None
+            except DagctlTimeoutError as exc:  # the webserver did not answer before the deadline
+                where = last.value if last else "not recorded yet"
+                raise DagctlTimeoutError(
+                    f"plan {plan_id} is still {where} after {timeout:.0f}s ({exc})") from exc
             if plan is not None:
                 if plan.status is not last and on_change is not None:
                     on_change(plan)
@@ -928,6 +932,9 @@ class DagctlClient:
                 raise DagctlTimeoutError(f"plan {plan_id} is still {where} after {timeout:.0f}s")
             pause = self.poll_interval if deadline is None else min(self.poll_interval, deadline - self._monotonic())
             self._sleep(max(pause, 0.0))
+            if deadline is not None and self._monotonic() >= deadline:
+                raise DagctlTimeoutError(
+                    f"plan {plan_id} is still {last.value if last else 'not recorded yet'} after {timeout:.0f}s")
 
 
 def _run_info(run: Mapping[str, Any]) -> RunInfo:

@@ -26,7 +26,7 @@ from conftest import (
     run_requests,
     statuses,
 )
-from dagster import DagsterEventType, EventRecordsFilter, RunsFilter, build_run_status_sensor_context
+from dagster import AssetKey, RunsFilter, build_run_status_sensor_context
 
 from dagctl_dagster.core.lifecycle import PlanStatus
 from dagctl_dagster.defs.sensors import plan_run_config
@@ -63,11 +63,9 @@ def evaluate(deployed, sensor: str, run, event) -> None:
     deployed.defs.resolve_sensor_def(sensor)(context)
 
 
-def runs_that_built(deployed, asset: str) -> set[str]:
-    records = deployed.instance.get_event_records(EventRecordsFilter(
-        event_type=DagsterEventType.ASSET_MATERIALIZATION))
-    return {record.event_log_entry.run_id for record in records
-            if record.event_log_entry.dagster_event.asset_key.to_user_string() == asset}
+def runs_that_built(deployed, *asset_path: str) -> set[str]:
+    records = deployed.instance.fetch_materializations(AssetKey(list(asset_path)), limit=100).records
+    return {record.event_log_entry.run_id for record in records}
 
 
 def test_forged_tag_run_cancelled_during_the_real_execution_changes_nothing_and_mallory_cannot_retry(
@@ -122,7 +120,7 @@ def test_forged_tag_run_cancelled_during_the_real_execution_changes_nothing_and_
     assert failed.run_id not in final.run_ids and cancelled.run_id not in final.run_ids
     # Three runs carry the plan's id (the real one and two forged), exactly one of them ran dbt.
     assert len(plan_runs) == 3
-    assert runs_that_built(deployed, f"{PROJECT}/{ENV}/zz_held") == {execution.run_id}
+    assert runs_that_built(deployed, PROJECT, ENV, "zz_held") == {execution.run_id}
 
 
 def test_retry_of_a_failed_plan_is_refused_to_a_non_approver_and_taken_from_an_approver(deployed):
