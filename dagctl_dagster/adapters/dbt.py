@@ -46,6 +46,7 @@ def explain_dbt_plan(
                                 triggered_by="sensor", requested_by=None, now=now)
     """
     config_path = _project_path(project, PROJECT_CONFIG_PATH)
+    list_authors = mirror.start_listing_commit_identities(base_commit, target_commit)  # alongside the reads
     read = mirror.read_change(base_commit, target_commit, subdirectory=project.subdirectory,
                               file_path=config_path)
     version = parse_project_repo_config(read.file_text, path=config_path, commit=target_commit).version
@@ -64,8 +65,7 @@ def explain_dbt_plan(
         version_new=version,
         triggered_by=triggered_by,
         author=requested_by or info.author_name,
-        authors=tuple(CommitIdentity(name=name, email=email)
-                      for name, email in mirror.list_commit_identities(base_commit, target_commit)),
+        authors=tuple(CommitIdentity(name=name, email=email) for name, email in list_authors()),
         commit_message=info.message,
         commits_ahead=ahead,
         files=files,
