@@ -391,3 +391,28 @@ def test_approve_with_wait_follows_the_plan_to_its_end(make_client, dagster, pen
 
     assert code == 0, err.getvalue()
     assert out.getvalue().splitlines()[-1] == f"plan {PLAN_ID}: completed (executed)"
+
+
+def test_approve_with_key_signs_through_ssh_keygen(make_client, dagster, tmp_path) -> None:
+    review_run("SUCCESS")(dagster)
+    alice = make_key(tmp_path, "alice")
+    out, err = io.StringIO(), io.StringIO()
+
+    code = run_cli(["plans", "approve", PLAN_ID, "--as", "alice", "--key", str(alice.path)], out=out, err=err,
+                   client_factory=lambda args: make_client())
+
+    [launch] = [variables for name, variables in dagster.calls if name == "DagctlLaunch"]
+    signature = launch["params"]["runConfigData"]["ops"]["review"]["config"]["signature"]
+    assert code == 0, err.getvalue()
+    assert out.getvalue().splitlines()[0] == f"alice: approve recorded on plan {PLAN_ID}, signed"
+    assert verify_signature(signature, f"{PLAN_ID}:{make_spec().fingerprint}", (alice.public,)) == alice.public
+
+
+def test_approve_with_a_missing_key_file_is_a_usage_error_and_launches_nothing(make_client, dagster, tmp_path):
+    out, err = io.StringIO(), io.StringIO()
+
+    code = run_cli(["plans", "approve", PLAN_ID, "--as", "alice", "--key", str(tmp_path / "nope")], out=out,
+                   err=err, client_factory=lambda args: make_client())
+
+    assert (code, err.getvalue()) == (2, f"dagctl: error: --key {tmp_path / 'nope'}: no such key file\n")
+    assert "DagctlLaunch" not in [name for name, _ in dagster.calls]
