@@ -146,9 +146,14 @@ class PlanState(BaseModel):
         running = f"status: {PlanStatus.RUNNING.value}"
         return next((entry.run_id for entry in reversed(self.history) if entry.what == running), None)
 
+    def get_decision(self, decision_id: str) -> HistoryEntry | None:
+        """The recorded decision with this client-supplied id, if any (retried launches are idempotent)."""
+        if not decision_id:
+            return None
+        return next((entry for entry in self.history if entry.decision_id == decision_id), None)
+
     def has_decision(self, decision_id: str) -> bool:
-        """Whether a decision with this client-supplied id is already recorded (retries are idempotent)."""
-        return bool(decision_id) and any(entry.decision_id == decision_id for entry in self.history)
+        return self.get_decision(decision_id) is not None
 
     @property
     def is_terminal(self) -> bool:

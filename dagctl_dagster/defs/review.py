@@ -16,7 +16,7 @@ from typing import Literal
 from dagster import Config, Failure, OpExecutionContext, in_process_executor, job, op
 from pydantic import Field
 
-from ..core.errors import DagctlError, DagctlPolicyError
+from ..core.errors import DagctlError, DagctlPolicyError, DagctlTransitionError
 from ..core.lifecycle import (
     Decision,
     EventKind,
@@ -67,7 +67,12 @@ def build_review_job(runtime: PlanRuntime):
         decision = Decision(config.decision)
         actor = config.actor.strip()
         decision_id = config.decision_id.strip()
-        if state.has_decision(decision_id):
+        recorded = state.get_decision(decision_id)
+        if recorded is not None:
+            if (recorded.actor, recorded.what) != (actor, f"decision: {decision.value}"):
+                raise DagctlTransitionError(
+                    f"decision id '{decision_id}' is already used on plan {state.plan_id} by {recorded.actor}'s "
+                    f"{recorded.what.removeprefix('decision: ')}: use a new id for a different decision")
             context.log.info(f"decision {decision_id} is already recorded on plan {state.plan_id}: "
                              "nothing recorded again")
             return

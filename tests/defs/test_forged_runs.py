@@ -185,3 +185,16 @@ def test_a_decision_launched_twice_with_the_same_id_is_recorded_once(deployed, d
     assert (first.success, again.success) == (True, True)
     assert [entry.what for entry in state.history].count(f"decision: {decision}") == 1
     assert [entry.decision_id for entry in state.history if entry.what.startswith("decision")] == ["cli-7f3a"]
+
+
+def test_a_decision_id_already_used_for_another_decision_is_refused(deployed):
+    deployed.commit_change(author="dave")
+    plan_id = deployed.explain().plan_id
+    assert deployed.decide(plan_id, "approve", "alice", decision_id="cli-7f3a").success
+
+    other = deployed.decide(plan_id, "reject", "bob", decision_id="cli-7f3a")
+
+    assert failure_message(other) == (
+        f"decision id 'cli-7f3a' is already used on plan {plan_id} by alice's approve: use a new id for a "
+        "different decision")
+    assert deployed.state(plan_id).status is PlanStatus.PENDING
