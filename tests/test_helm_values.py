@@ -129,7 +129,7 @@ def test_the_code_location_is_dagctls_module_with_its_config_and_secrets(values:
     assert (REPO / "dagctl_dagster" / "defs" / "location.py").is_file()
     assert deployment["includeConfigInLaunchedRuns"]["enabled"] is True
     assert {"name": "DAGCTL_CONFIG", "value": "/etc/dagctl/dagctl.yaml"} in deployment["env"]
-    assert [secret["name"] for secret in deployment["envSecrets"]] == ["dagctl-git", "dagctl-approvers"]
+    assert [secret["name"] for secret in deployment["envSecrets"]] == ["dagctl-git"]
 
 
 def _rbac() -> dict[str, dict[str, Any]]:

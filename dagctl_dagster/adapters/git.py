@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
@@ -445,6 +445,42 @@ class GitMirror:
             authored_at=datetime.fromisoformat(authored).astimezone(UTC),
         )
 
+    def list_commit_identities(self, base: str | None, target: str) -> list[tuple[str, str]]:
+        """`(name, email)` of the author and the committer of every commit in `base..target`, each once, in
+        history order (newest first). Without `base` (a first deployment), of the target commit alone: the
+        whole history is not one person's change.
+
+        Raises:
+            DagctlGitError: either commit is not in the mirror.
+
+        Example: `mirror.list_commit_identities(deployed, head)` -> `[("Ann", "ann@acme.io"), ...]`.
+        """
+        target_sha = self.resolve(target)
+        args = _identities_args(self.resolve(base) if base else None, target_sha)
+        return _parse_identities(self._run(args, action="list the commits of"))
+
+    def start_listing_commit_identities(
+        self, base: str | None, target: str
+    ) -> Callable[[], list[tuple[str, str]]]:
+        """`list_commit_identities`, started now in its own git process and collected by calling the result,
+        so `detect` can run it alongside `read_change` (full shas only). On failure, the collector falls
+        back to `list_commit_identities`, which raises the precise `DagctlGitError`.
+
+        Example: `authors = mirror.start_listing_commit_identities(base, head); ...; authors()`.
+        """
+        self._require_mirror()
+        env = {**os.environ, **self._mirror_env(self.mirror_dir)}
+        process = subprocess.Popen(["git", *_identities_args(base, target)], env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE)
+
+        def collect() -> list[tuple[str, str]]:
+            output, _ = process.communicate()
+            if process.returncode != 0:
+                return self.list_commit_identities(base, target)
+            return _parse_identities(output.decode("utf-8", "replace"))
+
+        return collect
+
     def commits_ahead(self, base: str, target: str) -> int:
         """How many commits `target` has that `base` has not (`git rev-list --count base..target`).
 
@@ -770,6 +806,21 @@ def _url_passwords(url: str) -> list[str]:
         return [password]
     # A user alone is a secret in http(s) URLs (`https://<token>@github.com/...`), not in ssh ones (`git@`).
     return [user] if match.group("scheme").lower() in ("http://", "https://") else []
+
+
+def _identities_args(base: str | None, target: str) -> list[str]:
+    revisions = [f"{base}..{target}"] if base else ["-1", target]
+    return ["log", "--format=%an%x00%ae%x00%cn%x00%ce", *revisions, "--"]
+
+
+def _parse_identities(output: str) -> list[tuple[str, str]]:
+    identities: list[tuple[str, str]] = []
+    for line in output.splitlines():
+        fields = line.split("\0")
+        for name, email in ((fields[0], fields[1]), (fields[2], fields[3])) if len(fields) == 4 else ():
+            if (name, email) not in identities:
+                identities.append((name, email))
+    return identities
 
 
 def _check_ref_argument(ref: str, kind: str, display_url: str) -> None:

@@ -20,12 +20,13 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -34,7 +35,7 @@ from ..core.errors import DagctlError, DagctlPlanError
 from ..core.lifecycle import Decision, PlanEvent, PlanState, PlanStatus, fold_plans
 from ..core.plan import build_plan_id
 from ..core.plan import split_plan_id as core_split_plan_id
-from ..core.policy import approver_secret_env, compute_approval_code
+from ..core.signatures import build_decision_message
 
 DEFAULT_URL = "http://127.0.0.1:3000"
 URL_ENV = "DAGCTL_URL"
@@ -42,6 +43,7 @@ REVIEW_JOB_NAME = "dagctl_review_job"
 PLAN_ASSET_PREFIX = "dagctl"
 EVENT_METADATA_KEY = "dagctl_event"
 SUMMARY_METADATA_KEY = "summary"
+POLICY_METADATA_KEY = "policy"
 REFUSAL_METADATA_KEY = "dagctl/refusal"
 PLAN_ID_TAG = "dagctl/plan-id"
 REVIEWED_PLAN_TAG = "dagctl/reviewed-plan"
@@ -66,6 +68,10 @@ class DagctlUnreachableError(DagctlClientError):
 
 class DagctlRequestError(DagctlClientError):
     """The webserver answered but refused the request (auth proxy, unknown job, invalid input)."""
+
+
+class DagctlLaunchError(DagctlRequestError):
+    """The webserver could not launch a run (e.g. the code server timed out): worth trying again."""
 
 
 class DagctlPlanNotFoundError(DagctlClientError):
@@ -164,6 +170,7 @@ class PlanView(BaseModel):
 
     state: PlanState
     summary: str = ""
+    policy: Mapping[str, Any] | None = None
 
     @property
     def plan_id(self) -> str:
@@ -179,6 +186,20 @@ class PlanView(BaseModel):
             if line.startswith(_STILL_NEEDED):
                 return tuple(part.strip() for part in line[len(_STILL_NEEDED):].split(";") if part.strip())
         return ()
+
+    def describe_next(self) -> str:
+        """What happens next for a pending plan, from the policy the server rendered with its last event:
+        `approved by alice (1 of 1): execution will be launched by the approval sensor`, or
+        `1 more approval(s) from bob needed`."""
+        policy = self.policy or {}
+        if self.status is not PlanStatus.PENDING or not policy:
+            return ""
+        if policy.get("is_satisfied"):
+            names = ", ".join(entry["actor"] for entry in policy.get("counted", []))
+            counted, required = len(policy.get("counted", [])), policy.get("required", 0)
+            return (f"approved by {names} ({counted} of {required}): execution will be launched by the "
+                    "approval sensor")
+        return "; ".join(policy.get("missing", [])) + " needed"
 
     @property
     def is_waiting_done(self) -> bool:
@@ -206,6 +227,7 @@ class PlanView(BaseModel):
             "fingerprint": spec.fingerprint,
             "approvals": [a.model_dump(mode="json") for a in state.approvals],
             "missing_approvals": list(self.missing),
+            "next": self.describe_next(),
             "retries": state.retries,
             "retries_left": state.retries_left,
             "retry_requested": state.retry_requested,
@@ -238,12 +260,15 @@ class DecisionResult:
     decision: Decision
     actor: str
     run_id: str
-    code_sent: bool
+    signed: bool
+    decision_id: str
     plan: PlanView
+    attempts: int = 1
 
     def to_json(self) -> dict[str, object]:
         return {"plan_id": self.plan_id, "decision": self.decision.value, "actor": self.actor,
-                "run_id": self.run_id, "code_sent": self.code_sent, "plan": self.plan.to_json()}
+                "run_id": self.run_id, "signed": self.signed, "decision_id": self.decision_id,
+                "attempts": self.attempts, "plan": self.plan.to_json()}
 
 
 # --- GraphQL documents -------------------------------------------------------------------------------
@@ -355,18 +380,31 @@ class GraphQLTransport:
     """
 
     def __init__(self, url: str, *, headers: Mapping[str, str] | None = None, timeout: float = 30.0,
-                 session: requests.Session | None = None):
-        self.url = url.rstrip("/")
+                 session: requests.Session | None = None, monotonic: Callable[[], float] = time.monotonic):
+        self.url = check_url(url)
         self.endpoint = f"{self.url}/graphql"
         self.timeout = timeout
+        # While set (by `DagctlClient.wait_for_plan`), no request waits past it: a hanging webserver cannot
+        # stretch `plans wait --timeout 5` to the per-request timeout.
+        self.deadline: float | None = None
+        self._monotonic = monotonic
         self._session = session or requests.Session()
         self._session.headers.update(dict(headers or {}))
 
+    def _request_timeout(self) -> float:
+        if self.deadline is None:
+            return self.timeout
+        remaining = self.deadline - self._monotonic()
+        if remaining <= 0:
+            raise DagctlTimeoutError(f"timed out waiting for the Dagster webserver at {self.url}")
+        return min(self.timeout, remaining)
+
     def execute(self, document: str, variables: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        timeout = self._request_timeout()
         try:
             response = self._session.post(
                 self.endpoint, json={"query": document, "variables": dict(variables or {})},
-                timeout=self.timeout,
+                timeout=timeout,
             )
         except requests.exceptions.InvalidURL as exc:
             raise DagctlRequestError(f"'{self.url}' is not a valid webserver URL: {exc}") from exc
@@ -374,7 +412,17 @@ class GraphQLTransport:
             raise DagctlRequestError(
                 f"'{self.url}' is not a valid webserver URL: it needs a scheme, e.g. http://{self.url}"
             ) from exc
-        except (requests.ConnectionError, requests.Timeout) as exc:
+        except requests.Timeout as exc:
+            if self.deadline is not None and self._monotonic() >= self.deadline - 0.05:
+                raise DagctlTimeoutError(
+                    f"timed out: the Dagster webserver at {self.url} did not answer within the time left "
+                    f"({timeout:.0f}s)"
+                ) from exc
+            raise DagctlUnreachableError(
+                f"cannot reach the Dagster webserver at {self.url}: {_short_reason(exc)}; "
+                f"check --url (or {URL_ENV}) and that the webserver is running"
+            ) from exc
+        except requests.ConnectionError as exc:
             raise DagctlUnreachableError(
                 f"cannot reach the Dagster webserver at {self.url}: {_short_reason(exc)}; "
                 f"check --url (or {URL_ENV}) and that the webserver is running"
@@ -407,6 +455,23 @@ class GraphQLTransport:
                 f"{self.endpoint} answered HTTP {response.status_code}: is {self.url} the Dagster webserver?"
             )
         return payload["data"]
+
+
+def check_url(url: str) -> str:
+    """The webserver URL without a trailing slash; `DagctlRequestError` (a usage error) unless it is an
+    http(s) URL with a host.
+
+    Example: `check_url("http://127.0.0.1:3000/")` -> `"http://127.0.0.1:3000"`; `check_url("htp:x")` raises.
+    """
+    if "://" not in url and ":" not in url.split("/")[0]:
+        raise DagctlRequestError(
+            f"'{url}' is not a valid webserver URL: it needs a scheme, e.g. http://{url}")
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise DagctlRequestError(
+            f"'{url}' is not a valid webserver URL: use http:// or https:// and a host, e.g. "
+            f"{DEFAULT_URL} (--url or {URL_ENV})")
+    return url.rstrip("/")
 
 
 def _short_reason(exc: Exception) -> str:
@@ -450,7 +515,8 @@ class DagctlClient:
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
     ):
-        self.transport = GraphQLTransport(url, headers=headers, timeout=timeout, session=session)
+        self.transport = GraphQLTransport(url, headers=headers, timeout=timeout, session=session,
+                                          monotonic=monotonic)
         self.poll_interval = poll_interval
         self._sleep = sleep
         self._monotonic = monotonic
@@ -506,13 +572,15 @@ class DagctlClient:
         )
 
     def _read_asset_plans(self, project: str, environment: str) -> dict[str, PlanView]:
-        events, summaries = self._read_events(project, environment)
+        events, summaries, policies = self._read_events(project, environment)
         states = fold_plans(events)
-        return {plan_id: PlanView(state=state, summary=summaries.get(plan_id, ""))
+        return {plan_id: PlanView(state=state, summary=summaries.get(plan_id, ""), policy=policies.get(plan_id))
                 for plan_id, state in states.items()}
 
-    def _read_events(self, project: str, environment: str) -> tuple[list[PlanEvent], dict[str, str]]:
-        """The asset's plan events in storage order, and the latest summary recorded for each plan."""
+    def _read_events(
+        self, project: str, environment: str
+    ) -> tuple[list[PlanEvent], dict[str, str], dict[str, Mapping[str, Any]]]:
+        """The asset's plan events in storage order, and the latest summary and policy recorded per plan."""
         key = {"path": [PLAN_ASSET_PREFIX, project, environment]}
         rows: list[Mapping[str, Any]] = []
         cursor: str | None = None
@@ -520,7 +588,7 @@ class DagctlClient:
             result = self.transport.execute(_EVENTS_QUERY, {"key": key, "limit": _PAGE, "cursor": cursor})
             asset = result["assetOrError"]
             if asset.get("__typename") != "Asset":
-                return [], {}
+                return [], {}, {}
             page = asset["assetEventHistory"]
             # The history is newest first (by storage id); the fold needs the recorded order.
             rows += page["results"]
@@ -529,6 +597,7 @@ class DagctlClient:
             cursor = page["cursor"]
         events: list[PlanEvent] = []
         summaries: dict[str, str] = {}
+        policies: dict[str, Mapping[str, Any]] = {}
         for row in reversed(rows):
             entries = {entry["label"]: entry for entry in row.get("metadataEntries", [])}
             raw = entries.get(EVENT_METADATA_KEY, {}).get("jsonString")
@@ -542,7 +611,10 @@ class DagctlClient:
             summary = entries.get(SUMMARY_METADATA_KEY, {}).get("mdStr")
             if summary:
                 summaries[event.plan_id] = summary
-        return events, summaries
+            policy = entries.get(POLICY_METADATA_KEY, {}).get("jsonString")
+            if policy:
+                policies[event.plan_id] = json.loads(policy)
+        return events, summaries, policies
 
     def _find_explaining_run(self, plan_id: str, project: str, environment: str) -> RunInfo | None:
         """The plan job run whose id the plan id was derived from, if it has not recorded the plan yet."""
@@ -673,8 +745,8 @@ class DagctlClient:
         if result.get("__typename") == "RunConfigValidationInvalid":
             problems = "; ".join(error["message"] for error in result["errors"])
             raise DagctlRequestError(f"{job_name} refused the run config: {problems}")
-        raise DagctlRequestError(
-            f"cannot launch {job_name}: {result.get('message') or result.get('__typename')}"
+        raise DagctlLaunchError(
+            f"cannot launch {job_name}: {_first_line(result.get('message') or result.get('__typename'))}"
         )
 
     def wait_for_run(self, run_id: str, *, timeout: float) -> RunInfo:
@@ -749,36 +821,57 @@ class DagctlClient:
         *,
         actor: str,
         comment: str = "",
-        code: str | None = None,
+        signer: Callable[[str], str] | None = None,
+        decision_id: str | None = None,
         timeout: float = 600.0,
-        environ: Mapping[str, str] | None = None,
+        attempts: int = 3,
+        on_retry: Callable[[str], None] | None = None,
     ) -> DecisionResult:
         """Records a decision on a plan with a run of the review job and waits for its outcome.
 
-        For an approval without `code`, the code is computed from the approver's secret when
-        `DAGCTL_APPROVER_SECRET_<ACTOR>` is set in `environ` (default: this process's environment).
+        `signer` (e.g. `adapters.ssh.build_ssh_signer(key_path)`) signs the decision's message
+        (`<plan_id>:<fingerprint>` for an approval) for verifiable mode. The decision carries `decision_id`
+        (default: a new random id): when the launch fails or the review run dies without a refusal (a code
+        server that timed out under load), the same decision is launched again, up to `attempts` times,
+        and the server records it at most once. `on_retry` is told why each time.
         Raises `DagctlRefusedError` (policy or state) with the server's one-line reason when refused.
         """
         decision = Decision(decision)
         if not actor.strip():
             raise DagctlRequestError("a decision needs an actor: pass --as NAME")
+        decision_id = decision_id or uuid.uuid4().hex
         plan = self.get_plan(plan_id)
-        if decision is Decision.APPROVE and not code:
-            secret = (os.environ if environ is None else environ).get(approver_secret_env(actor))
-            if secret:
-                code = compute_approval_code(secret, plan_id, plan.state.spec.fingerprint)
+        signature = ""
+        if signer is not None:
+            spec = plan.state.spec
+            signature = signer(build_decision_message(plan_id, spec.fingerprint, decision.value,
+                                                      plan.state.retries + 1))
         run_config = {"ops": {"review": {"config": {
             "plan_id": plan_id, "decision": decision.value, "actor": actor, "comment": comment,
-            "code": code or ""}}}}
-        run_id = self.launch_run(REVIEW_JOB_NAME, run_config, {REVIEWED_PLAN_TAG: plan_id})
-        run = self.wait_for_run(run_id, timeout=timeout)
-        if run.status != "SUCCESS":
+            "signature": signature, "decision_id": decision_id}}}}
+        failure: DagctlClientError | None = None
+        for attempt in range(1, attempts + 1):
+            if failure is not None and on_retry is not None:
+                on_retry(f"{failure}; trying again with the same decision id {decision_id} "
+                         f"(attempt {attempt} of {attempts})")
+            try:
+                run_id = self.launch_run(REVIEW_JOB_NAME, run_config, {REVIEWED_PLAN_TAG: plan_id})
+            except (DagctlLaunchError, DagctlUnreachableError) as exc:
+                failure = exc
+                continue
+            run = self.wait_for_run(run_id, timeout=timeout)
+            after = self.get_plan(plan_id)
+            if run.status == "SUCCESS" or after.state.has_decision(decision_id):
+                return DecisionResult(plan_id=plan_id, decision=decision, actor=actor, run_id=run_id,
+                                      signed=bool(signature), decision_id=decision_id, plan=after,
+                                      attempts=attempt)
             reason, kind = self._step_refusal(run_id)
             if kind in ("policy", "state"):
                 raise DagctlRefusedError(f"{decision.value} refused: {reason}", kind=kind)
-            raise DagctlRunFailedError(f"the review run {run_id} {_ended(run)}: {reason}")
-        return DecisionResult(plan_id=plan_id, decision=decision, actor=actor, run_id=run_id,
-                              code_sent=bool(code), plan=self.get_plan(plan_id))
+            failure = DagctlRunFailedError(
+                f"the review run {run_id} {_ended(run)} without recording the decision: {reason}")
+        assert failure is not None
+        raise type(failure)(f"{failure} (gave up after {attempts} attempts; nothing was recorded)")
 
     # Waiting -----------------------------------------------------------------------------------------
 
@@ -808,6 +901,14 @@ class DagctlClient:
         each time its status changes. Raises `DagctlTimeoutError` after `timeout` seconds (none: forever).
         """
         deadline = None if timeout is None else self._monotonic() + timeout
+        self.transport.deadline = deadline
+        try:
+            return self._wait_for_plan(plan_id, deadline, timeout, on_change)
+        finally:
+            self.transport.deadline = None
+
+    def _wait_for_plan(self, plan_id: str, deadline: float | None, timeout: float | None,
+                       on_change: Callable[[PlanView], None] | None) -> PlanView:
         last: PlanStatus | None = None
         while True:
             plan: PlanView | None
@@ -815,6 +916,10 @@ class DagctlClient:
                 plan = self.get_plan(plan_id)
             except DagctlPlanNotRecordedError:
                 plan = None
+            except DagctlTimeoutError as exc:  # the webserver did not answer before the deadline
+                where = last.value if last else "not recorded yet"
+                raise DagctlTimeoutError(
+                    f"plan {plan_id} is still {where} after {timeout:.0f}s ({exc})") from exc
             if plan is not None:
                 if plan.status is not last and on_change is not None:
                     on_change(plan)
@@ -825,7 +930,11 @@ class DagctlClient:
             if deadline is not None and self._monotonic() >= deadline:
                 where = last.value if last else "not recorded yet"
                 raise DagctlTimeoutError(f"plan {plan_id} is still {where} after {timeout:.0f}s")
-            self._sleep(self.poll_interval)
+            pause = self.poll_interval if deadline is None else min(self.poll_interval, deadline - self._monotonic())
+            self._sleep(max(pause, 0.0))
+            if deadline is not None and self._monotonic() >= deadline:
+                raise DagctlTimeoutError(
+                    f"plan {plan_id} is still {last.value if last else 'not recorded yet'} after {timeout:.0f}s")
 
 
 def _run_info(run: Mapping[str, Any]) -> RunInfo:

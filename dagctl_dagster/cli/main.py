@@ -7,14 +7,18 @@ A thin layer over `DagctlClient`: it parses arguments, calls the client, prints 
     1  the plan failed or was rejected or cancelled (`plans wait`), or a run the command needed failed
     2  usage or configuration error: bad arguments, unknown or malformed plan id, unknown project or
        environment, a webserver that refuses the request (e.g. missing auth headers)
-    3  the decision was refused by the environment's policy (self-approval, not an approver, unverified
-       approval) or by the plan's state (approving a completed plan, retrying one that has not failed)
+    3  the decision was refused by the environment's policy (self-approval, not an approver, unsigned
+       approval in verifiable mode) or by the plan's state (approving a completed plan, retrying one that
+       has not failed)
     4  the webserver cannot be reached
     5  `plans wait` (or waiting for a review run) timed out; the plan may still finish later
 
 Every error is one line on stderr, never a traceback (set DAGCTL_DEBUG=1 to see one).
 
-Example: `dagctl --url https://dagster.acme.io plans approve jaffle-prod-3f2a9c1d --as alice`.
+`dagctl config check FILE` validates a deployment config offline (0 valid, 2 invalid with the file and
+field): a code location whose dagctl.yaml is invalid does not load, so check a change before deploying it.
+
+Example: `dagctl --url https://dagster.acme.io plans approve jaffle-prod-3f2a9c1d --as alice --key KEY`.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ from ..adapters.graphql import (
     RunInfo,
     parse_header,
 )
+from ..adapters.ssh import build_ssh_signer
+from ..core.config import load_deployment_config
 from ..core.errors import DagctlError
 from ..core.lifecycle import Decision, PlanStatus
 from ..core.summary import render_plan_summary
@@ -100,9 +106,17 @@ def build_parser() -> OneLineParser:
         "policy or state, 4 server unreachable, 5 timed out.",
     )
     _add_connection_options(parser, top_level=True)
-    groups = parser.add_subparsers(dest="group", required=True, metavar="plans")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{plans,config}")
     plans = groups.add_parser("plans", help="list, show, create, review, wait for and read plans")
     commands = plans.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    config = groups.add_parser("config", help="check a deployment config before deploying it")
+    config_commands = config.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    check = config_commands.add_parser(
+        "check", help="Validate a deployment config (dagctl.yaml) offline: exit 0 if valid, 2 with the file "
+        "and field if not. An invalid config stops the code location, so check before deploying.",
+        description="Validate a deployment config offline, without Dagster or a webserver.")
+    check.add_argument("file", metavar="FILE")
+    check.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
@@ -139,12 +153,22 @@ def build_parser() -> OneLineParser:
         sub.add_argument("plan_id", metavar="ID")
         sub.add_argument("--as", dest="actor", required=True, metavar="ACTOR", help="your name")
         sub.add_argument("--comment", default="", help="why (shown in the plan's history)")
-        if decision is Decision.APPROVE:
-            sub.add_argument("--code", default=None,
-                             help="approval code (verifiable mode); computed from "
-                                  "$DAGCTL_APPROVER_SECRET_<ACTOR> when that variable is set")
+        if decision in (Decision.APPROVE, Decision.RETRY):
+            sub.add_argument("--key", default=None, metavar="PATH",
+                             help="sign the decision with this OpenSSH key (ssh-keygen -Y sign -n dagctl); "
+                                  "required where the environment has verify_approvals")
+        sub.add_argument("--decision-id", default=None, metavar="ID",
+                         help="id of this decision (default: random); a decision with an id already "
+                              "recorded is not recorded again, so a script can safely run it twice")
         sub.add_argument("--timeout", type=_positive_seconds, default=DEFAULT_RUN_TIMEOUT, metavar="SECONDS",
                          help=f"how long to wait for the review run (default {DEFAULT_RUN_TIMEOUT:.0f})")
+        if decision in (Decision.APPROVE, Decision.RETRY):
+            sub.add_argument("--wait", action="store_true",
+                             help="then wait like `plans wait` until the plan is completed (exit 0), failed, "
+                                  "rejected or cancelled (exit 1)")
+            sub.add_argument("--wait-timeout", type=_positive_seconds, default=DEFAULT_WAIT_TIMEOUT,
+                             metavar="SECONDS", help=f"with --wait: exit 5 after this long (default "
+                             f"{DEFAULT_WAIT_TIMEOUT:.0f}; 0 waits forever)")
         sub.set_defaults(decision=decision)
 
     wait = command("wait", "Wait until a plan is completed (exit 0), failed, rejected or cancelled (exit 1).")
@@ -164,6 +188,7 @@ def build_parser() -> OneLineParser:
 
 
 def build_client(args: argparse.Namespace) -> DagctlClient:
+    """The GraphQL client of the command line's connection options (`DagctlRequestError` for a bad URL)."""
     url = args.url or os.environ.get(URL_ENV) or DEFAULT_URL
     headers = dict(parse_header(text) for text in args.header)
     interval = getattr(args, "interval", None)
@@ -204,7 +229,7 @@ def format_plan(plan: PlanView, runs: Sequence[RunInfo]) -> str:
     else:  # recorded by a version that wrote no summary: what the client can tell from the events
         lines = [render_plan_summary(state), "", "Approvals recorded:"]
         lines += [f"  {a.actor} at {a.at:%Y-%m-%d %H:%M:%S} UTC, "
-                  f"{'verified' if a.verified else 'not verified (self-asserted)'}" for a in state.approvals]
+                  f"{'signed' if a.signature else 'not signed (self-asserted)'}" for a in state.approvals]
         lines += ["  none"] if not state.approvals else []
         lines.append("")
     history = [("AT (UTC)", "ACTOR", "WHAT", "REASON")]
@@ -266,28 +291,50 @@ class Command:
 
     def decide(self) -> int:
         decision: Decision = self.args.decision
+        key = getattr(self.args, "key", None)
+
+        def report_retry(message: str) -> None:
+            print(f"dagctl: {' '.join(message.split())}", file=self.err, flush=True)
+
         result = self.client.decide(
             self.args.plan_id, decision, actor=self.args.actor, comment=self.args.comment,
-            code=getattr(self.args, "code", None), timeout=self.args.timeout,
+            signer=build_ssh_signer(key) if key else None, decision_id=self.args.decision_id,
+            timeout=self.args.timeout, on_retry=report_retry,
         )
-        verified = ""
-        if decision is Decision.APPROVE:
-            verified = " with an approval code" if result.code_sent else " (self-asserted, no approval code)"
-        text = [f"{result.actor}: {decision.value} recorded on plan {result.plan_id}{verified}",
+        signed = ""
+        if decision in (Decision.APPROVE, Decision.RETRY):
+            signed = ", signed" if result.signed else " (not signed: self-asserted)"
+        text = [f"{result.actor}: {decision.value} recorded on plan {result.plan_id}{signed}",
                 f"plan {describe_status(result.plan)}"]
-        if result.plan.missing and result.plan.status is PlanStatus.PENDING:
-            text.append("still needed: " + "; ".join(result.plan.missing))
+        next_step = result.plan.describe_next()
+        if next_step:
+            text.append(next_step)
+        elif decision is Decision.RETRY and result.plan.status is PlanStatus.FAILED:
+            text.append("the approval sensor will launch the retry; gate checks it like any execution")
         self.emit(result.to_json(), "\n".join(text))
-        return EXIT_OK
+        if not getattr(self.args, "wait", False):
+            return EXIT_OK
+        return self._wait(self.args.plan_id, self.args.wait_timeout)
 
-    def wait_for_plan(self) -> int:
+    def _wait(self, plan_id: str, timeout: float) -> int:
         def report(plan: PlanView) -> None:
             print(f"plan {describe_status(plan)}", file=self.err, flush=True)
 
-        timeout = self.args.timeout or None
-        plan = self.client.wait_for_plan(self.args.plan_id, timeout=timeout, on_change=report)
+        plan = self.client.wait_for_plan(plan_id, timeout=timeout or None, on_change=report)
         self.emit(plan.to_json(), f"plan {describe_status(plan)}")
         return EXIT_OK if plan.status is PlanStatus.COMPLETED else EXIT_PLAN_FAILED
+
+    def check_config(self) -> int:
+        config = load_deployment_config(self.args.file)
+        environments = sum(len(project.environments) for project in config.projects)
+        self.emit({"file": self.args.file, "valid": True, "projects": [p.name for p in config.projects],
+                   "people": [person.name for person in config.people]},
+                  f"{self.args.file}: valid ({len(config.projects)} project(s), {environments} environment(s), "
+                  f"{len(config.people)} people)")
+        return EXIT_OK
+
+    def wait_for_plan(self) -> int:
+        return self._wait(self.args.plan_id, self.args.timeout)
 
     def print_logs(self) -> int:
         for line in self.client.iter_plan_logs(self.args.plan_id, follow=self.args.follow):
@@ -318,6 +365,8 @@ def run(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: Te
     out, err = out or sys.stdout, err or sys.stderr
     args = build_parser().parse_args(argv)
     try:
+        if args.group == "config":  # offline: no webserver, no client
+            return Command(args, None, out, err).check_config()  # type: ignore[arg-type]
         client = client_factory(args)
         command = Command(args, client, out, err)
         handler = {"list": command.list_plans, "show": command.show_plan, "create": command.create_plan,

@@ -2,7 +2,8 @@
 
 The deployment config is written by the platform team: which projects exist, where their Git repositories
 are, which environments they deploy to, who approves what, and where steps run. It never holds secrets:
-Git credentials, warehouse passwords and approver secrets come from the environment (or Kubernetes secrets).
+Git credentials and warehouse passwords come from the environment (or Kubernetes secrets); approvers prove
+their decisions with their own private keys, and the config lists only their public keys (`people:`).
 
 The project config lives in the project's own repository and holds the `version` whose change starts a
 dbt plan. Both are validated with pydantic; every error names the file and the field path.
@@ -28,8 +29,11 @@ from pydantic import (
     model_validator,
 )
 
-from .errors import DagctlConfigError, DagctlProjectConfigError
+from pydantic_core import PydanticCustomError
+
+from .errors import DagctlConfigError, DagctlProjectConfigError, DagctlSignatureError
 from .kubernetes_config import KubernetesBackendConfig
+from .signatures import parse_public_key
 from .steps import StepEnvConfig
 
 DEFAULT_CONFIG_PATH = "dagctl.yaml"
@@ -151,8 +155,8 @@ class EnvironmentConfig(_Strict):
     )
     verify_approvals: bool = Field(
         default=False,
-        description="Require an HMAC code per approval from the approver's secret "
-        "(env var DAGCTL_APPROVER_SECRET_<NAME>).",
+        description="An approval (or retry) counts only with a valid OpenSSH signature by one of the "
+        "approver's public keys listed under `people:`.",
     )
     webhook_url: str | None = Field(
         default=None, description="Receives a JSON event when a plan needs approval, completes or fails."
@@ -371,9 +375,48 @@ class ProjectConfig(_Strict):
         return self.step_env.merged(env.step_env)
 
 
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
+
+
+class PersonConfig(_Strict):
+    """Someone who commits, approves or both: one name, the emails their commits carry, their public keys.
+
+    Example: `{name: alice, emails: [alice@acme.io, 1234+alice@users.noreply.github.com],
+    keys: ["ssh-ed25519 AAAAC3Nza... alice@laptop"]}`.
+    """
+
+    name: str = Field(min_length=1, description="What approver lists, path rules and `--as` name.")
+    emails: tuple[str, ...] = Field(default=(), description="Author and committer emails of their commits.")
+    keys: tuple[str, ...] = Field(
+        default=(), description="OpenSSH public keys (`ssh-ed25519 AAAA... comment`) their decisions are "
+        "signed with (`ssh-keygen -Y sign -n dagctl`).",
+    )
+
+    @field_validator("emails")
+    @classmethod
+    def _check_emails(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for email in value:
+            if not _EMAIL.match(email):
+                raise ValueError(f"'{email}' is not an email address")
+        return tuple(email.lower() for email in value)
+
+    @field_validator("keys")
+    @classmethod
+    def _check_keys(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for line in value:
+            try:
+                parse_public_key(line)
+            except DagctlSignatureError as exc:
+                raise ValueError(str(exc)) from exc
+        return tuple(line.strip() for line in value)
+
+
 class DeploymentConfig(_Strict):
     """The whole deployment: every project this Dagster code location manages."""
 
+    people: tuple[PersonConfig, ...] = Field(
+        default=(), description="Who commits and approves. When set, approver lists must name these people.",
+    )
     projects: tuple[ProjectConfig, ...] = Field(min_length=1)
     storage_dir: str = Field(
         default=".dagctl-data",
@@ -388,6 +431,53 @@ class DeploymentConfig(_Strict):
         if duplicates:
             raise ValueError(f"project names must be unique, repeated: {duplicates}")
         return value
+
+    @field_validator("people")
+    @classmethod
+    def _unique_people(cls, value: tuple[PersonConfig, ...]) -> tuple[PersonConfig, ...]:
+        names = [person.name for person in value]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"people's names must be unique, repeated: {duplicates}")
+        emails = [email for person in value for email in person.emails]
+        shared = sorted({email for email in emails if emails.count(email) > 1})
+        if shared:
+            raise ValueError(f"an email belongs to one person only, listed more than once: {shared}")
+        return value
+
+    @model_validator(mode="after")
+    def _approvers_are_people(self) -> DeploymentConfig:
+        # Checked once the whole file is read (people and projects), but reported at the field that names
+        # the unknown person, e.g. `projects.0.environments.1.approvers`.
+        known = {person.name: person for person in self.people}
+        for p, project in enumerate(self.projects):
+            for e, env in enumerate(project.environments):
+                where = f"projects.{p}.environments.{e}"
+                if env.verify_approvals and not any(person.keys for person in self.people):
+                    raise PydanticCustomError(
+                        "dagctl_field", "{where}.verify_approvals: no person has `keys`, so no approval "
+                        "could ever be verified: list the approvers under `people:` with their OpenSSH "
+                        "public keys", {"where": where})
+                lists = [("approvers", env.approvers)]
+                lists += [(f"path_rules.{r}.approvers", rule.approvers) for r, rule in enumerate(env.path_rules)]
+                for field, names in lists:
+                    unknown = [name for name in names if name not in known]
+                    if unknown and (self.people or env.verify_approvals):
+                        raise PydanticCustomError(
+                            "dagctl_field", "{where}.{field}: {unknown} not listed under `people:` ({known})",
+                            {"where": where, "field": field, "unknown": ", ".join(unknown),
+                             "known": "people: " + ", ".join(known) if known else "no people are listed"})
+                    keyless = [name for name in names if name in known and not known[name].keys]
+                    if env.verify_approvals and keyless:
+                        raise PydanticCustomError(
+                            "dagctl_field", "{where}.{field}: {keyless} listed under `people:` without "
+                            "`keys`, so their approvals could never be verified (verify_approvals): add "
+                            "their OpenSSH public keys",
+                            {"where": where, "field": field, "keyless": ", ".join(keyless)})
+        return self
+
+    def get_person(self, name: str) -> PersonConfig | None:
+        return next((person for person in self.people if person.name == name), None)
 
     def get_project(self, name: str) -> ProjectConfig:
         for project in self.projects:
@@ -417,6 +507,9 @@ def format_validation_error(error: ValidationError) -> str:
         if problem["type"] == "too_short" and any(
             len(other) > len(loc) and other[: len(loc)] == loc for other in locations
         ):
+            continue
+        if problem["type"] == "dagctl_field":  # the message starts with its own field path
+            lines.append(problem["msg"])
             continue
         path = ".".join(str(part) for part in loc) or "(top level)"
         lines.append(f"{path}: {problem['msg']}")

@@ -39,3 +39,7 @@ class DagctlPolicyError(DagctlTransitionError):
 
 class DagctlStepError(DagctlError):
     """A build or execution step failed (non-zero exit, pod failure, timeout)."""
+
+
+class DagctlSignatureError(DagctlError):
+    """A public key or a signature cannot be read (not an OpenSSH key line, a truncated blob)."""

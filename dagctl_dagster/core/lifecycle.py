@@ -85,6 +85,8 @@ class PlanEvent(BaseModel):
     comment: str = ""
     fingerprint: str | None = None
     verified: bool = False
+    signature: str = ""
+    decision_id: str = ""
     auto_discarded: bool = False
     run_id: str | None = None
     artifact: str | None = None
@@ -92,7 +94,8 @@ class PlanEvent(BaseModel):
 
 
 class Approval(BaseModel):
-    """An approval decision as recorded (whether it still counts is the policy's call)."""
+    """An approval (or retry) decision as recorded; whether it counts, and whether its signature is valid,
+    is the policy's call (`verified` as recorded is only what the review job saw)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -101,6 +104,7 @@ class Approval(BaseModel):
     comment: str
     fingerprint: str | None
     verified: bool
+    signature: str = ""
 
 
 class HistoryEntry(BaseModel):
@@ -111,6 +115,7 @@ class HistoryEntry(BaseModel):
     what: str
     reason: str = ""
     run_id: str | None = None
+    decision_id: str = ""
 
 
 class PlanState(BaseModel):
@@ -129,10 +134,26 @@ class PlanState(BaseModel):
     run_ids: tuple[str, ...] = ()
     artifact: str | None = None
     retry_requested: bool = False
+    retry_request: Approval | None = None
 
     @property
     def plan_id(self) -> str:
         return self.spec.plan_id
+
+    @property
+    def execution_run_id(self) -> str | None:
+        """The run that moved the plan to `running` most recently: the only run whose end can fail it."""
+        running = f"status: {PlanStatus.RUNNING.value}"
+        return next((entry.run_id for entry in reversed(self.history) if entry.what == running), None)
+
+    def get_decision(self, decision_id: str) -> HistoryEntry | None:
+        """The recorded decision with this client-supplied id, if any (retried launches are idempotent)."""
+        if not decision_id:
+            return None
+        return next((entry for entry in self.history if entry.decision_id == decision_id), None)
+
+    def has_decision(self, decision_id: str) -> bool:
+        return self.get_decision(decision_id) is not None
 
     @property
     def is_terminal(self) -> bool:
@@ -178,7 +199,8 @@ def build_created_event(spec: PlanSpec, *, run_id: str | None) -> PlanEvent:
 
 
 def _apply(state: PlanState, event: PlanEvent) -> PlanState:
-    entry = HistoryEntry(at=event.at, actor=event.actor, what="", reason=event.reason, run_id=event.run_id)
+    entry = HistoryEntry(at=event.at, actor=event.actor, what="", reason=event.reason, run_id=event.run_id,
+                         decision_id=event.decision_id)
     if event.kind is EventKind.BUILT:
         what = f"built: {event.artifact}"
         return state.model_copy(update={"artifact": event.artifact,
@@ -186,12 +208,13 @@ def _apply(state: PlanState, event: PlanEvent) -> PlanState:
     if event.kind is EventKind.DECISION and event.decision is not None:
         entry = entry.model_copy(update={"what": f"decision: {event.decision.value}"})
         update: dict[str, object] = {"history": (*state.history, entry)}
+        record = Approval(actor=event.actor, at=event.at, comment=event.comment, fingerprint=event.fingerprint,
+                          verified=event.verified, signature=event.signature)
         if event.decision is Decision.APPROVE:
-            approval = Approval(actor=event.actor, at=event.at, comment=event.comment,
-                                fingerprint=event.fingerprint, verified=event.verified)
-            update["approvals"] = (*state.approvals, approval)
+            update["approvals"] = (*state.approvals, record)
         if event.decision is Decision.RETRY and state.status is PlanStatus.FAILED:
             update["retry_requested"] = True
+            update["retry_request"] = record
         return state.model_copy(update=update)
     if event.kind is not EventKind.STATUS or event.status is None:
         return state
@@ -204,6 +227,7 @@ def _apply(state: PlanState, event: PlanEvent) -> PlanState:
         "history": (*state.history, entry.model_copy(update={"what": f"status: {event.status.value}"})),
     }
     update["retry_requested"] = False
+    update["retry_request"] = None
     if event.status is PlanStatus.RUNNING:
         update["executions"] = state.executions + 1
         if state.status is PlanStatus.FAILED:

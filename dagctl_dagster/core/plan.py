@@ -23,6 +23,15 @@ class Framework(StrEnum):
     SQLMESH = "sqlmesh"
 
 
+class CommitIdentity(BaseModel):
+    """A name and email from a commit's author or committer line, as Git recorded it (self-asserted)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    email: str
+
+
 class PlanSpec(BaseModel):
     """The explained plan, as recorded by `detect`."""
 
@@ -38,6 +47,10 @@ class PlanSpec(BaseModel):
     version_new: str | None = None
     triggered_by: str = Field(description="`sensor` or `manual`.")
     author: str = Field(description="Commit author (sensor plans) or requesting actor (manual plans).")
+    authors: tuple[CommitIdentity, ...] = Field(
+        default=(), description="Author and committer of every commit from base to target (the target "
+        "alone on a first deployment); the people behind them may not approve the plan.",
+    )
     commit_message: str = ""
     commits_ahead: int = 0
     files: tuple[FileChange, ...] = ()

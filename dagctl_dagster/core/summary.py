@@ -7,23 +7,29 @@ approved, who still must, whether approvals were verified, and the launchpad con
 from __future__ import annotations
 
 import shlex
+from collections.abc import Sequence
 
+from .config import PersonConfig
 from .dbt_changes import Scope
 from .lifecycle import PlanState, PlanStatus
+from .people import get_plan_authors
 from .plan import PlanSpec
 from .policy import PolicyResult
+from .signatures import build_decision_message
 from .sqlmesh_plan import render_sqlmesh_summary
 
 REVIEW_JOB_NAME = "dagctl_review_job"
 MAX_FILES_SHOWN = 50
 
 
-def render_review_config(plan_id: str, decision: str = "approve") -> str:
+def render_review_config(plan_id: str, decision: str = "approve", *, signed: bool = False) -> str:
     """The launchpad run config of the review job for one decision."""
+    signature = ("      signature: |\n        <paste the output of ssh-keygen -Y sign, "
+                 "-----BEGIN SSH SIGNATURE----- included>\n") if signed else ""
     return (
         "ops:\n  review:\n    config:\n"
         f"      plan_id: {plan_id}\n      decision: {decision}\n"
-        "      actor: <your name>\n      comment: \"\"\n"
+        "      actor: <your name>\n      comment: \"\"\n" + signature
     )
 
 
@@ -58,27 +64,35 @@ def _render_change_set(spec: PlanSpec) -> list[str]:
     return lines
 
 
-def _render_approvals(state: PlanState, policy: PolicyResult | None) -> list[str]:
-    if policy is None:
-        return []
-    lines = ["", "**Approvals:**", ""]
+def _render_approvals(state: PlanState, policy: PolicyResult | None, *, signed: bool) -> list[str]:
+    if policy is None or not policy.is_required:
+        return []  # an unprotected environment needs no approval: nothing to show, nothing missing
+    lines = ["", f"**Approvals:** {len(policy.counted)} counted, {policy.required} required", ""]
     if not policy.counted and not policy.ignored:
         lines.append("- none yet")
     for approval in policy.counted:
-        check = "verified" if approval.verified else "not verified (self-asserted)"
+        check = "verified (signed)" if approval.verified else "not verified (self-asserted)"
         lines.append(f"- {approval.actor} at {approval.at:%Y-%m-%d %H:%M} UTC, {check}")
     for approval, reason in policy.ignored:
         lines.append(f"- ~~{approval.actor}~~: does not count, {reason}")
     if policy.missing:
         lines += ["", "**Still needed:** " + "; ".join(policy.missing)]
     if state.status is PlanStatus.PENDING:
+        message = build_decision_message(state.plan_id, state.spec.fingerprint)
+        key = " --key ~/.ssh/id_ed25519" if signed else ""
         lines += ["", "**To approve**, launch `dagctl_review_job` from the launchpad with:", "",
-                  "```yaml", render_review_config(state.plan_id).rstrip(), "```",
-                  f"or run `dagctl plans approve {state.plan_id} --as <your name>`."]
+                  "```yaml", render_review_config(state.plan_id, signed=signed).rstrip(), "```",
+                  f"or run `dagctl plans approve {state.plan_id} --as <your name>{key}`."]
+        if signed:
+            lines += ["", "Approvals must be signed: the signature to paste is the output of", "",
+                      f"`printf '%s' '{message}' | ssh-keygen -Y sign -n dagctl -f ~/.ssh/id_ed25519`"]
     return lines
 
 
-def render_plan_summary(state: PlanState, policy: PolicyResult | None = None) -> str:
+def render_plan_summary(
+    state: PlanState, policy: PolicyResult | None = None, *, people: Sequence[PersonConfig] = (),
+    signed: bool = False,
+) -> str:
     """Markdown for the plan's asset page and for `dagctl plans show`."""
     spec = state.spec
     version = ""
@@ -92,11 +106,12 @@ def render_plan_summary(state: PlanState, policy: PolicyResult | None = None) ->
         f"{spec.project} -> **{spec.environment}** | {spec.framework.value}{version}",
         "",
         f"Commits: `{base}` -> `{spec.short_target}` ({spec.commits_ahead} ahead) | "
-        f"by {spec.author} | triggered by {spec.triggered_by}",
+        f"by {get_plan_authors(spec, people).render() if spec.authors else spec.author} | "
+        f"triggered by {spec.triggered_by}",
         "",
         f"> {spec.commit_message}" if spec.commit_message else "",
         *_render_change_set(spec),
-        *_render_approvals(state, policy),
+        *_render_approvals(state, policy, signed=signed),
         "",
         f"Retries used: {state.retries} of 3 | fingerprint `{spec.fingerprint[:16]}`",
     ]

@@ -41,7 +41,7 @@ from ..core.lifecycle import (
     list_superseded,
 )
 from ..core.plan import Framework, PlanSpec, build_plan_id
-from ..core.policy import SYSTEM_ACTOR, evaluate_policy
+from ..core.policy import SYSTEM_ACTOR, check_retry
 from .execution import build_artifact, execute_plan
 from .runtime import PlanRuntime
 from .store import get_plan_state, read_plan_states
@@ -223,7 +223,7 @@ def build_plan_ops(runtime: PlanRuntime) -> PlanOps:
                     reason="nothing to do: no changes", run_id=context.run_id), **materialized)
                 return
             if env.protected:
-                policy = evaluate_policy(env, spec, state.approvals, runtime.clock())
+                policy = runtime.evaluate_policy(env, state)
                 runtime.record(context, build_status_event(
                     state, PlanStatus.PENDING, actor=SYSTEM_ACTOR, at=runtime.clock(), run_id=context.run_id,
                     reason="awaiting approval: " + "; ".join(policy.missing)), **materialized)
@@ -315,14 +315,24 @@ def admit_execution(
         reason = f" ({state.reason})" if state.reason else ""
         raise _fail(context, f"plan {spec.plan_id} is {state.status.value}{reason}: only an approved plan, "
                              "or a failed one being retried, can execute; nothing was built or executed")
-    if state.status is PlanStatus.FAILED and not (state.retry_requested or context.run.parent_run_id):
-        raise _fail(context, f"plan {spec.plan_id} failed ({state.reason}); to run it again, record a retry "
-                             f"decision (dagctl plans retry {spec.plan_id}); nothing was built or executed")
     try:
         check_transition(state, PlanStatus.RUNNING)
     except DagctlError as exc:
         raise _fail(context, f"{exc}; nothing was built or executed") from exc
-    policy = evaluate_policy(env, spec, state.approvals, now)
+    if state.status is PlanStatus.FAILED:
+        # A retry (the approval sensor's, or Dagster's own re-execution of the failed run) needs a retry
+        # decision by someone the policy lets retry, checked again here from the event log.
+        request = state.retry_request
+        if request is None:
+            raise _fail(context, f"plan {spec.plan_id} failed ({state.reason}); to run it again, an approver "
+                                 f"records a retry decision (dagctl plans retry {spec.plan_id}); nothing was "
+                                 "built or executed")
+        try:
+            check_retry(env, spec, actor=request.actor, signature=request.signature,
+                        attempt=state.retries + 1, people=runtime.deployment.people)
+        except DagctlError as exc:
+            raise _fail(context, f"{exc}; nothing was built or executed") from exc
+    policy = runtime.evaluate_policy(env, state)
     if not policy.is_satisfied:
         raise _fail(context, f"plan {spec.plan_id} is not approved: still needs {'; '.join(policy.missing)}; "
                              "nothing was built or executed")

@@ -1,20 +1,22 @@
 """The review job: approvals, rejections, cancellations and retries, launched from the launchpad.
 
 Each decision is one run of `dagctl_review_job` with config naming the plan, the decision, the actor and a
-comment (plus, in verifiable mode, the approval code). The decision is checked against the plan's state
-and the environment's policy, then recorded on the plan's asset. A refused decision fails the run with a
-message saying why and records nothing. Execution is not started here: the approval sensor launches it
-once the policy is met, so a hundred approvals still give one execution.
+comment (plus, in verifiable mode, the actor's OpenSSH signature). The decision is checked against the
+plan's state and the environment's policy, then recorded on the plan's asset. A refused decision fails the
+run with a message saying why and records nothing. Execution is not started here: the approval sensor
+launches it once the policy is met, so a hundred approvals still give one execution.
+
+A decision may carry a client-supplied `decision_id`: a second run with an id already recorded on the plan
+succeeds without recording anything, so a client can retry a launch that timed out without deciding twice.
 """
 
 
-import os
 from typing import Literal
 
 from dagster import Config, Failure, OpExecutionContext, in_process_executor, job, op
 from pydantic import Field
 
-from ..core.errors import DagctlError, DagctlPolicyError
+from ..core.errors import DagctlError, DagctlPolicyError, DagctlTransitionError
 from ..core.lifecycle import (
     Decision,
     EventKind,
@@ -23,7 +25,7 @@ from ..core.lifecycle import (
     build_status_event,
     check_decision_state,
 )
-from ..core.policy import check_approval
+from ..core.policy import check_approval, check_retry
 from ..core.summary import REVIEW_JOB_NAME
 from .runtime import PlanRuntime, project_env
 from .store import get_plan_state
@@ -38,8 +40,13 @@ class ReviewConfig(Config):
     decision: Literal["approve", "reject", "cancel", "retry"] = Field(description="What you decide.")
     actor: str = Field(description="Your name, as listed in the environment's approvers.")
     comment: str = Field(default="", description="Why (shown in the plan's history).")
-    code: str = Field(
-        default="", description="Approval code (verifiable mode): `dagctl plans approve` computes it."
+    signature: str = Field(
+        default="", description="Verifiable mode: your OpenSSH signature of '<plan_id>:<fingerprint>' "
+        "(`ssh-keygen -Y sign -n dagctl -f KEY`, armored, pasted whole); `dagctl plans approve --key` signs.",
+    )
+    decision_id: str = Field(
+        default="", description="Optional id chosen by the client: a decision with an id already recorded "
+        "on the plan is not recorded again (safe retries of a launch that timed out).",
     )
 
 
@@ -59,16 +66,32 @@ def build_review_job(runtime: PlanRuntime):
         project, env = project_env(runtime, config.plan_id)
         decision = Decision(config.decision)
         actor = config.actor.strip()
+        decision_id = config.decision_id.strip()
+        recorded = state.get_decision(decision_id)
+        if recorded is not None:
+            if (recorded.actor, recorded.what) != (actor, f"decision: {decision.value}"):
+                raise DagctlTransitionError(
+                    f"decision id '{decision_id}' is already used on plan {state.plan_id} by {recorded.actor}'s "
+                    f"{recorded.what.removeprefix('decision: ')}: use a new id for a different decision")
+            context.log.info(f"decision {decision_id} is already recorded on plan {state.plan_id}: "
+                             "nothing recorded again")
+            return
         check_decision_state(state, decision)
+        people = runtime.deployment.people
+        signature = config.signature.strip()
         verified = False
         if decision is Decision.APPROVE:
-            verified = check_approval(env, state.spec, state.approvals, actor=actor, code=config.code or None,
-                                      get_secret=os.environ.get, now=runtime.clock())
+            verified = check_approval(env, state.spec, state.approvals, actor=actor, signature=signature,
+                                      people=people, now=runtime.clock())
+        elif decision is Decision.RETRY:
+            verified = check_retry(env, state.spec, actor=actor, signature=signature,
+                                   attempt=state.retries + 1, people=people)
         now = runtime.clock()
         runtime.record(context, PlanEvent(
             plan_id=state.plan_id, kind=EventKind.DECISION, decision=decision, actor=actor, at=now,
             comment=config.comment, reason=config.comment or f"{decision.value} by {actor}",
-            fingerprint=state.spec.fingerprint, verified=verified, run_id=context.run_id,
+            fingerprint=state.spec.fingerprint, verified=verified, signature=signature,
+            decision_id=decision_id, run_id=context.run_id,
         ))
         final = {Decision.REJECT: PlanStatus.REJECTED, Decision.CANCEL: PlanStatus.CANCELLED}.get(decision)
         if final is not None:

@@ -15,7 +15,7 @@ from ..adapters.git import GitMirror
 from ..core.config import DeploymentConfig, EnvironmentConfig, ProjectConfig
 from ..core.lifecycle import PlanEvent, PlanState, fold_plans
 from ..core.plan import split_plan_id
-from ..core.policy import evaluate_policy
+from ..core.policy import PolicyResult, evaluate_policy
 from ..core.summary import render_plan_summary
 from . import notify
 from .store import build_asset_event, read_events
@@ -63,6 +63,10 @@ class PlanRuntime:
             return snapshot
         return (self.config_dir / project.dbt.profiles_dir).resolve()
 
+    def evaluate_policy(self, env: EnvironmentConfig, state: PlanState) -> PolicyResult:
+        """The environment's policy applied to the plan's approvals now, with the deployment's people."""
+        return evaluate_policy(env, state.spec, state.approvals, self.clock(), people=self.deployment.people)
+
     def record(
         self,
         target: OpExecutionContext | DagsterInstance,
@@ -82,11 +86,14 @@ class PlanRuntime:
         env = project.get_environment(env_name)
         states = fold_plans([*read_events(instance, project_name, env_name), event])
         state = states[event.plan_id]
-        summary = render_plan_summary(state, evaluate_policy(env, state.spec, state.approvals, self.clock()))
+        policy = self.evaluate_policy(env, state)
+        summary = render_plan_summary(state, policy, people=self.deployment.people,
+                                      signed=env.verify_approvals)
         asset_event = build_asset_event(
             event, project=project_name, environment=env_name,
             metadata={"status": MetadataValue.text(state.status.value),
-                      "summary": MetadataValue.md(summary), **(metadata or {})},
+                      "summary": MetadataValue.md(summary), "policy": MetadataValue.json(_policy_json(policy)),
+                      **(metadata or {})},
             materialize=materialize,
         )
         if isinstance(target, DagsterInstance):
@@ -95,6 +102,13 @@ class PlanRuntime:
             target.log_event(asset_event)
         notify.notify_transition(env, state, event, log=_logger(target))
         return state
+
+
+def _policy_json(policy: PolicyResult) -> dict[str, object]:
+    """What `dagctl plans approve` reads to say what happens next (the client has no config)."""
+    return {"is_required": policy.is_required, "is_satisfied": policy.is_satisfied,
+            "required": policy.required, "missing": list(policy.missing),
+            "counted": [{"actor": a.actor, "verified": a.verified} for a in policy.counted]}
 
 
 def _logger(target: OpExecutionContext | DagsterInstance):

@@ -9,8 +9,10 @@
   them in parallel, so one hung remote (bounded by `git_timeout_seconds`) never delays the others.
 - `dagctl_approval_sensor`: launches the plan job for each plan whose policy is met (run key from the plan
   id: one execution however many approvals or ticks), and for each failed plan a reviewer asked to retry.
-- `dagctl_run_failure_sensor`: marks the plan `failed` when its run fails or is cancelled without the op
-  recording it (a killed run worker).
+- `dagctl_run_failure_sensor` / `dagctl_run_canceled_sensor`: mark a plan `failed` when the run that is
+  executing it fails or is cancelled without the op recording it (a killed run worker). The plan is found
+  from the run id recorded on its own events, never from run tags, which anyone launching a run can set:
+  only the run that moved the plan to `running` can fail it.
 
 Each project is evaluated on its own: one broken project becomes a skip reason, never a crashed tick.
 """
@@ -34,11 +36,11 @@ from ..adapters.dbt import read_project_version
 from ..core.config import EnvironmentConfig, ProjectConfig
 from ..core.errors import DagctlError
 from ..core.lifecycle import PlanState, PlanStatus, build_status_event, get_last_completed
-from ..core.policy import SYSTEM_ACTOR, evaluate_policy
+from ..core.policy import SYSTEM_ACTOR
 from .runtime import PlanRuntime
 from ..core.plan import build_plan_id, split_plan_id
 from .store import read_plan_states
-from .tags import PLAN_ID_TAG, TRIGGER_TAG, plan_run_tags
+from .tags import TRIGGER_TAG, plan_run_tags
 
 # Sensors start running with the code location: plans appear without a click in the UI.
 RUNNING = DefaultSensorStatus.RUNNING
@@ -152,7 +154,7 @@ def build_approval_sensor(runtime: PlanRuntime, jobs):
         config = plan_run_config(env.name, plan_id=state.plan_id)
         job_name = f"{project.name}_plan_job"
         if state.status is PlanStatus.PENDING:
-            policy = evaluate_policy(env, state.spec, state.approvals, runtime.clock())
+            policy = runtime.evaluate_policy(env, state)
             if not policy.is_satisfied:
                 return None
             approvers = ", ".join(a.actor for a in policy.counted)
@@ -188,30 +190,25 @@ def build_run_failure_sensor(runtime: PlanRuntime, jobs):
     return [failure_sensor, canceled_sensor]
 
 
-def plan_id_of_run(run) -> str | None:
-    """The plan a run works on: its tag, or (explaining runs) the id derived from the run id."""
-    from ..core.plan import build_plan_id
-    from .tags import ENVIRONMENT_TAG, PROJECT_TAG
-
-    if PLAN_ID_TAG in run.tags:
-        return run.tags[PLAN_ID_TAG]
-    project, env = run.tags.get(PROJECT_TAG), run.tags.get(ENVIRONMENT_TAG)
-    if not env:
-        env = (run.run_config.get("ops", {}).get("detect", {}).get("config", {}).get("environment"))
-    return build_plan_id(project, env, run.run_id) if project and env else None
+def find_executing_plan(runtime: PlanRuntime, instance, run) -> PlanState | None:
+    """The plan `run` is executing: the running plan whose latest `running` transition was recorded by this
+    run. The run's job names the project (a run cannot choose its job); tags are not read at all."""
+    project_name = run.job_name.removesuffix("_plan_job")
+    try:
+        project = runtime.deployment.get_project(project_name)
+    except DagctlError:
+        return None
+    for env in project.environments:
+        for state in read_plan_states(instance, project.name, env.name).values():
+            if state.status is PlanStatus.RUNNING and state.execution_run_id == run.run_id:
+                return state
+    return None
 
 
 def mark_dead_run(runtime: PlanRuntime, instance, run, what: str) -> bool:
-    """Records `failed` for the run's plan if it is still `running` in that run. Returns whether it did."""
-    plan_id = plan_id_of_run(run)
-    if plan_id is None:
-        return False
-    try:
-        project, env = split_plan_id(plan_id)
-        state = read_plan_states(instance, project, env).get(plan_id)
-    except DagctlError:
-        return False
-    if state is None or state.status is not PlanStatus.RUNNING:
+    """Records `failed` for the plan this run is executing, if any. Returns whether it did."""
+    state = find_executing_plan(runtime, instance, run)
+    if state is None:
         return False
     runtime.record(instance, build_status_event(
         state, PlanStatus.FAILED, actor=SYSTEM_ACTOR, at=runtime.clock(), run_id=run.run_id,

@@ -13,7 +13,7 @@ from datetime import datetime
 from ..adapters.sqlmesh import explain_sqlmesh_plan
 from ..core.config import EnvironmentConfig, ProjectConfig
 from ..core.dbt_changes import build_file_change
-from ..core.plan import Framework, PlanSpec, seal_plan
+from ..core.plan import CommitIdentity, Framework, PlanSpec, seal_plan
 from .runtime import PlanRuntime
 
 
@@ -38,6 +38,8 @@ def explain_sqlmesh_spec(
         target_commit=target_commit,
         triggered_by=triggered_by,
         author=requested_by or info.author_name,
+        authors=tuple(CommitIdentity(name=name, email=email)
+                      for name, email in mirror.list_commit_identities(base_commit, target_commit)),
         commit_message=info.message,
         commits_ahead=mirror.commits_ahead(base_commit, target_commit) if base_commit else 0,
         files=tuple(build_file_change(e.path, e.change_type, e.old_path) for e in entries),

@@ -37,7 +37,9 @@ from dagctl_dagster.core.lifecycle import (
     build_status_event,
 )
 from dagctl_dagster.core.plan import Framework, PlanSpec, seal_plan
-from dagctl_dagster.core.policy import compute_approval_code
+from dagctl_dagster.adapters.ssh import build_ssh_signer
+from dagctl_dagster.core.signatures import verify_signature
+from fixtures.ssh_keys import make_key
 
 T0 = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
 PLAN_ID = "jaffle-prod-3f2a9c1d"
@@ -214,20 +216,53 @@ def test_refused_self_approval_raises_a_policy_refusal_with_the_servers_reason(m
     assert refused.value.kind == "policy"
 
 
-def test_approval_code_is_computed_from_the_approvers_local_secret(make_client, dagster) -> None:
+def test_approval_is_signed_with_the_approvers_own_key_and_carries_a_decision_id(
+    make_client, dagster, tmp_path
+) -> None:
     review_run("SUCCESS")(dagster)
     spec = make_spec()
+    alice = make_key(tmp_path, "alice")
 
-    result = make_client().decide(PLAN_ID, "approve", actor="alice",
-                                  environ={"DAGCTL_APPROVER_SECRET_ALICE": "s3cret"})
+    result = make_client().decide(PLAN_ID, "approve", actor="alice", signer=build_ssh_signer(alice.path),
+                                  decision_id="ci-42")
 
     [launch] = [variables for name, variables in dagster.calls if name == "DagctlLaunch"]
     config = launch["params"]["runConfigData"]["ops"]["review"]["config"]
+    signature = config.pop("signature")
     assert config == {"plan_id": PLAN_ID, "decision": "approve", "actor": "alice", "comment": "",
-                      "code": compute_approval_code("s3cret", PLAN_ID, spec.fingerprint)}
+                      "decision_id": "ci-42"}
+    assert verify_signature(signature, f"{PLAN_ID}:{spec.fingerprint}", (alice.public,)) == alice.public
     assert launch["params"]["selector"] == {"repositoryLocationName": "dagctl",
                                             "repositoryName": "__repository__", "jobName": "dagctl_review_job"}
-    assert result.code_sent is True
+    assert (result.signed, result.decision_id, result.attempts) == (True, "ci-42", 1)
+
+
+def test_review_launch_that_timed_out_is_retried_with_the_same_decision_id(make_client, dagster) -> None:
+    review_run("SUCCESS")(dagster)
+    answers = iter([
+        {"launchRun": {"__typename": "PythonError", "message": "grpc DEADLINE_EXCEEDED: Deadline Exceeded\n..."}},
+        {"launchRun": {"__typename": "LaunchRunSuccess", "run": {"runId": REVIEW_RUN_ID, "status": "QUEUED"}}},
+    ])
+    dagster.on("DagctlLaunch", lambda variables: next(answers))
+    told: list[str] = []
+
+    result = make_client().decide(PLAN_ID, "approve", actor="alice", on_retry=told.append)
+
+    launches = [variables["params"]["runConfigData"]["ops"]["review"]["config"]["decision_id"]
+                for name, variables in dagster.calls if name == "DagctlLaunch"]
+    assert len(launches) == 2 and launches[0] == launches[1] == result.decision_id
+    assert result.attempts == 2
+    assert told == [f"cannot launch dagctl_review_job: grpc DEADLINE_EXCEEDED: Deadline Exceeded; trying again "
+                    f"with the same decision id {result.decision_id} (attempt 2 of 3)"]
+
+
+def test_review_run_that_keeps_dying_without_a_refusal_is_given_up_after_three_attempts(make_client, dagster) -> None:
+    review_run("FAILURE")(dagster)
+
+    with pytest.raises(DagctlRunFailedError, match=r"gave up after 3 attempts; nothing was recorded\)$"):
+        make_client().decide(PLAN_ID, "approve", actor="alice")
+
+    assert [name for name, _ in dagster.calls].count("DagctlLaunch") == 3
 
 
 def test_waiting_for_a_pending_plan_times_out_on_the_injected_clock(make_client) -> None:
@@ -278,7 +313,9 @@ def test_cli_exit_codes(install, argv, code, dagster, make_client) -> None:
 
     assert returned == code, f"stdout: {out.getvalue()} stderr: {err.getvalue()}"
     if code not in (0, 5):
-        assert len(err.getvalue().strip().splitlines()) == 1, err.getvalue()
+        # One line per message, the error last (a review run that died is retried first, said on its line).
+        lines = err.getvalue().strip().splitlines()
+        assert lines[-1].startswith("dagctl: error: ") and all(line.startswith("dagctl: ") for line in lines)
 
 
 def test_client_and_cli_load_no_dagster_so_they_run_where_dagster_is_not_installed() -> None:
@@ -301,3 +338,81 @@ def test_every_document_is_valid_against_the_installed_dagster_graphql_schema() 
                 for document in GRAPHQL_DOCUMENTS}
 
     assert problems == {name: [] for name in problems}
+
+
+def with_policy(event: PlanEvent, policy: dict) -> dict:
+    entry = history_entry(event)
+    entry["metadataEntries"].append({"label": "policy", "jsonString": json.dumps(policy)})
+    return entry
+
+
+@pytest.mark.parametrize(("policy", "next_line"), [
+    ({"is_required": True, "is_satisfied": True, "required": 1, "missing": [],
+      "counted": [{"actor": "alice", "verified": True}]},
+     "approved by alice (1 of 1): execution will be launched by the approval sensor"),
+    ({"is_required": True, "is_satisfied": False, "required": 2, "missing": ["1 more approval(s) from bob"],
+      "counted": [{"actor": "alice", "verified": False}]},
+     "1 more approval(s) from bob needed"),
+], ids=["policy-met", "one-more-needed"])
+def test_approve_says_what_happens_next(make_client, dagster, pending_plan_events, policy, next_line) -> None:
+    review_run("SUCCESS")(dagster)
+    approval = PlanEvent(plan_id=PLAN_ID, kind=EventKind.DECISION, decision=Decision.APPROVE, actor="alice",
+                         at=T0 + timedelta(minutes=5), fingerprint=make_spec().fingerprint)
+    history = asset_history(*pending_plan_events)
+    history["assetOrError"]["assetEventHistory"]["results"].insert(0, with_policy(approval, policy))
+    dagster.on("DagctlPlanEvents", history)
+    out, err = io.StringIO(), io.StringIO()
+
+    code = run_cli(["plans", "approve", PLAN_ID, "--as", "alice"], out=out, err=err,
+                   client_factory=lambda args: make_client())
+
+    assert code == 0, err.getvalue()
+    assert out.getvalue().splitlines() == [
+        f"alice: approve recorded on plan {PLAN_ID} (not signed: self-asserted)",
+        f"plan {PLAN_ID}: pending (awaiting approval)", next_line]
+
+
+def test_approve_with_wait_follows_the_plan_to_its_end(make_client, dagster, pending_plan_events) -> None:
+    review_run("SUCCESS")(dagster)
+    executed = [build_status_event(PLAN_ID, status, actor="dagctl", at=T0 + timedelta(minutes=9), reason=reason)
+                for status, reason in ((PlanStatus.APPROVED, "policy met"), (PlanStatus.RUNNING, "executing"),
+                                       (PlanStatus.COMPLETED, "executed"))]
+    reads = []
+
+    def history(variables: dict) -> dict:  # pending while the decision is recorded, then executed
+        reads.append(variables)
+        return asset_history(*pending_plan_events, *(executed if len(reads) > 2 else []))
+
+    dagster.on("DagctlPlanEvents", history)
+    out, err = io.StringIO(), io.StringIO()
+
+    code = run_cli(["plans", "approve", PLAN_ID, "--as", "alice", "--wait"], out=out, err=err,
+                   client_factory=lambda args: make_client())
+
+    assert code == 0, err.getvalue()
+    assert out.getvalue().splitlines()[-1] == f"plan {PLAN_ID}: completed (executed)"
+
+
+def test_approve_with_key_signs_through_ssh_keygen(make_client, dagster, tmp_path) -> None:
+    review_run("SUCCESS")(dagster)
+    alice = make_key(tmp_path, "alice")
+    out, err = io.StringIO(), io.StringIO()
+
+    code = run_cli(["plans", "approve", PLAN_ID, "--as", "alice", "--key", str(alice.path)], out=out, err=err,
+                   client_factory=lambda args: make_client())
+
+    [launch] = [variables for name, variables in dagster.calls if name == "DagctlLaunch"]
+    signature = launch["params"]["runConfigData"]["ops"]["review"]["config"]["signature"]
+    assert code == 0, err.getvalue()
+    assert out.getvalue().splitlines()[0] == f"alice: approve recorded on plan {PLAN_ID}, signed"
+    assert verify_signature(signature, f"{PLAN_ID}:{make_spec().fingerprint}", (alice.public,)) == alice.public
+
+
+def test_approve_with_a_missing_key_file_is_a_usage_error_and_launches_nothing(make_client, dagster, tmp_path):
+    out, err = io.StringIO(), io.StringIO()
+
+    code = run_cli(["plans", "approve", PLAN_ID, "--as", "alice", "--key", str(tmp_path / "nope")], out=out,
+                   err=err, client_factory=lambda args: make_client())
+
+    assert (code, err.getvalue()) == (2, f"dagctl: error: --key {tmp_path / 'nope'}: no such key file\n")
+    assert "DagctlLaunch" not in [name for name, _ in dagster.calls]

@@ -16,6 +16,7 @@ from dagctl_dagster.core.config import (
     EnvironmentConfig,
     LocalBackendConfig,
     PathRule,
+    PersonConfig,
     ProjectConfig,
     ProjectRepoConfig,
     ScheduleConfig,
@@ -25,8 +26,17 @@ from dagctl_dagster.core.config import (
 )
 from dagctl_dagster.core.errors import DagctlConfigError, DagctlError, DagctlProjectConfigError
 
+ALICE_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFMJiXySHbuxX1wpRaFtgIKOn4D4XfG3K4tmVdjGtDKh alice@laptop"
 FULL_EXAMPLE = """
 storage_dir: /var/lib/dagctl
+people:
+  - name: alice
+    emails: [Alice@Acme.io]
+    keys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFMJiXySHbuxX1wpRaFtgIKOn4D4XfG3K4tmVdjGtDKh alice@laptop"]
+  - name: bob
+    keys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFMJiXySHbuxX1wpRaFtgIKOn4D4XfG3K4tmVdjGtDKh bob@laptop"]
+  - name: carol
+    keys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFMJiXySHbuxX1wpRaFtgIKOn4D4XfG3K4tmVdjGtDKh carol@laptop"]
 projects:
   - name: jaffle
     framework: dbt
@@ -85,6 +95,11 @@ def test_full_example_parses_into_every_field() -> None:
 
     assert config == DeploymentConfig(
         storage_dir="/var/lib/dagctl",
+        people=(
+            PersonConfig(name="alice", emails=("alice@acme.io",), keys=(ALICE_KEY,)),
+            PersonConfig(name="bob", keys=(ALICE_KEY.replace("alice@laptop", "bob@laptop"),)),
+            PersonConfig(name="carol", keys=(ALICE_KEY.replace("alice@laptop", "carol@laptop"),)),
+        ),
         projects=(
             ProjectConfig(
                 name="jaffle",

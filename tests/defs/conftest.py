@@ -89,9 +89,11 @@ class ManualClock:
 
 def build_config_text(repo_url: str, storage_dir: Path, prod: Mapping[str, Any], *,
                       dbt_commands: Sequence[str] = ("dbt seed",),
-                      extra_projects: Sequence[Mapping[str, Any]] = ()) -> str:
+                      extra_projects: Sequence[Mapping[str, Any]] = (),
+                      people: Sequence[Mapping[str, Any]] = ()) -> str:
     """A deployment config: project `jaffle` (dbt) with environment `prod` set to `prod`."""
     return yaml.safe_dump({
+        **({"people": list(people)} if people else {}),
         "storage_dir": str(storage_dir),
         "projects": [
             {"name": PROJECT, "framework": "dbt", "repository": repo_url,
@@ -156,10 +158,11 @@ class Deployment:
         return self.root / "dagctl.yaml"
 
     def configure(self, *, dbt_commands: Sequence[str] = ("dbt seed",),
-                  extra_projects: Sequence[Mapping[str, Any]] = (), **prod: Any) -> Definitions:
+                  extra_projects: Sequence[Mapping[str, Any]] = (),
+                  people: Sequence[Mapping[str, Any]] = (), **prod: Any) -> Definitions:
         """(Re)builds the code location with `prod`'s settings, e.g. `configure(protected=True)`."""
         text = build_config_text(self.repo.url, self.storage_dir, prod, dbt_commands=dbt_commands,
-                                 extra_projects=extra_projects)
+                                 extra_projects=extra_projects, people=people)
         self.config_path.write_text(text)
         config = parse_deployment_config(text, source=str(self.config_path))
         self.runtime = PlanRuntime(deployment=config, storage_dir=self.storage_dir, config_dir=self.root,
@@ -203,9 +206,10 @@ class Deployment:
         return self.state(build_plan_id(kwargs.get("project", PROJECT), environment, result.run_id))
 
     def decide(self, plan_id: str, decision: str, actor: str, *, comment: str = "",
-               code: str = "") -> ExecuteInProcessResult:
+               signature: str = "", decision_id: str = "") -> ExecuteInProcessResult:
         """A reviewer's decision: one run of the review job, as launched from the launchpad."""
-        config = {"plan_id": plan_id, "decision": decision, "actor": actor, "comment": comment, "code": code}
+        config = {"plan_id": plan_id, "decision": decision, "actor": actor, "comment": comment,
+                  "signature": signature, "decision_id": decision_id}
         return self.defs.resolve_job_def(REVIEW_JOB).execute_in_process(
             run_config={"ops": {"review": {"config": config}}}, instance=self.instance, raise_on_error=False)
 

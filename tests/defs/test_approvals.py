@@ -2,6 +2,7 @@
 which proof; and that however many approvals and sensor ticks there are, a plan executes once."""
 
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from conftest import (
@@ -17,11 +18,11 @@ from conftest import (
     statuses,
 )
 from dagster import RunRequest
+from fixtures.ssh_keys import SshKey, make_key
 
 from dagctl_dagster.core.dbt_changes import NO_EMPTY_SELECTION
 from dagctl_dagster.core.lifecycle import Decision, EventKind, PlanEvent, PlanStatus
 from dagctl_dagster.core.plan import build_plan_id
-from dagctl_dagster.core.policy import compute_approval_code
 from dagctl_dagster.defs.store import record_runless
 from dagctl_dagster.defs.tags import plan_run_tags
 
@@ -60,24 +61,24 @@ def test_commit_author_cannot_approve_the_plan_the_sensor_made_of_their_commit(d
     refused = deployed.decide(plan_id, "approve", "dave")
 
     assert failure_message(refused) == (
-        f"dave cannot approve plan {plan_id}: it is their own plan and environment 'prod' does not allow "
-        "self-approval; ask another approver")
+        f"dave cannot approve plan {plan_id}: they are one of its authors and environment 'prod' does not "
+        "allow self-approval; ask another approver")
     assert deployed.state(plan_id).approvals == ()
     assert deployed.tick() == NOTHING_READY
 
 
-def test_requesting_actor_is_the_author_of_a_manual_plan(deployed):
-    deployed.configure(protected=True, approvers=["erin", "dave"])
+def test_requester_and_commit_authors_are_all_authors_of_a_manual_plan(deployed):
+    deployed.configure(protected=True, approvers=["erin", "dave", "frank"])
     deployed.commit_change(author="dave")
     plan = deployed.explain(requested_by="erin")
 
-    refused = deployed.decide(plan.plan_id, "approve", "erin")
-    approved = deployed.decide(plan.plan_id, "approve", "dave")
+    refused = [failure_message(deployed.decide(plan.plan_id, "approve", actor)) for actor in ("erin", "dave")]
+    approved = deployed.decide(plan.plan_id, "approve", "frank")
 
     assert (plan.spec.author, plan.spec.triggered_by) == ("erin", "manual")
-    assert failure_message(refused) == (
-        f"erin cannot approve plan {plan.plan_id}: it is their own plan and environment 'prod' does not "
-        "allow self-approval; ask another approver")
+    assert refused == [
+        f"{actor} cannot approve plan {plan.plan_id}: they are one of its authors and environment 'prod' does "
+        "not allow self-approval; ask another approver" for actor in ("erin", "dave")]
     assert approved.success
     assert run_requests(deployed.tick()) == [execution_request(plan.plan_id)]
 
@@ -207,55 +208,90 @@ def test_change_set_recomputed_differently_at_execution_is_discarded_before_buil
     assert_nothing_ran(deployed, plan.plan_id, snapshots, result)
 
 
-ALICE_SECRET = "alice-approver-secret"
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory) -> dict[str, SshKey]:
+    """Real OpenSSH keys of alice and bob, and one of mallory's that no config lists."""
+    folder = tmp_path_factory.mktemp("keys")
+    return {name: make_key(folder, name) for name in ("alice", "bob", "mallory")}
+
+
+def people_with_keys(keys: dict[str, SshKey]) -> list[dict]:
+    return [{"name": "alice", "emails": ["alice@example.com"], "keys": [keys["alice"].public]},
+            {"name": "bob", "emails": ["bob@example.com"], "keys": [keys["bob"].public]},
+            {"name": "dave", "emails": ["dave@example.com"]}]
 
 
 @pytest.fixture
-def verifiable(deployed, monkeypatch):
-    """`prod` in verifiable mode; alice's secret is in the code location's environment."""
-    monkeypatch.setenv("DAGCTL_APPROVER_SECRET_ALICE", ALICE_SECRET)
-    deployed.configure(protected=True, approvers=["alice", "bob"], verify_approvals=True)
+def verifiable(deployed, keys):
+    """`prod` in verifiable mode: alice's and bob's public keys are in the config; no secret anywhere."""
+    deployed.configure(protected=True, approvers=["alice", "bob"], verify_approvals=True,
+                       people=people_with_keys(keys))
     return deployed
 
 
-def test_verifiable_mode_counts_an_approval_with_the_right_code_as_verified(verifiable):
+def test_verifiable_mode_counts_an_approval_signed_with_the_approvers_key_as_verified(verifiable, keys):
     verifiable.commit_change(author="dave")
     plan = verifiable.explain()
-    code = compute_approval_code(ALICE_SECRET, plan.plan_id, plan.spec.fingerprint)
+    signature = keys["alice"].sign(f"{plan.plan_id}:{plan.spec.fingerprint}")
 
-    approval = verifiable.decide(plan.plan_id, "approve", "alice", code=code)
+    approval = verifiable.decide(plan.plan_id, "approve", "alice", signature=signature)
 
     assert approval.success
     assert [(a.actor, a.verified) for a in verifiable.state(plan.plan_id).approvals] == [("alice", True)]
-    assert "- alice at 2025-01-06 09:00 UTC, verified" in verifiable.summary(plan.plan_id).splitlines()
+    assert "- alice at 2025-01-06 09:00 UTC, verified (signed)" in verifiable.summary(plan.plan_id).splitlines()
     execution = verifiable.execute_approved(plan.plan_id)
     assert execution.success
     assert verifiable.state(plan.plan_id).status is PlanStatus.COMPLETED
 
 
-@pytest.mark.parametrize("make_code", [
-    lambda plan: "",
-    lambda plan: compute_approval_code("a guessed secret", plan.plan_id, plan.spec.fingerprint),
-    lambda plan: compute_approval_code(ALICE_SECRET, plan.plan_id, "0" * 64),
-    lambda plan: compute_approval_code(ALICE_SECRET, "jaffle-prod-00000000", plan.spec.fingerprint),
-], ids=["no-code", "wrong-secret", "other-fingerprint", "other-plan"])
-def test_verifiable_mode_refuses_an_approval_without_the_right_code(verifiable, make_code):
+@pytest.mark.parametrize(("signer", "message"), [
+    (None, ""),
+    ("mallory", "{plan}:{fingerprint}"),
+    ("bob", "{plan}:{fingerprint}"),
+    ("alice", "{older_plan}:{fingerprint}"),
+    ("alice", "{plan}:{older_fingerprint}"),
+], ids=["unsigned", "another-key", "another-approvers-key", "another-plan", "older-fingerprint"])
+def test_verifiable_mode_refuses_a_signature_that_is_not_alices_of_this_plan(verifiable, keys, signer, message):
+    verifiable.commit_change(author="dave")
+    older = verifiable.explain()
     verifiable.commit_change(author="dave")
     plan = verifiable.explain()
+    text = message.format(plan=plan.plan_id, fingerprint=plan.spec.fingerprint, older_plan=older.plan_id,
+                          older_fingerprint=older.spec.fingerprint)
+    signature = keys[signer].sign(text) if signer else ""
 
-    refused = verifiable.decide(plan.plan_id, "approve", "alice", code=make_code(plan))
+    refused = verifiable.decide(plan.plan_id, "approve", "alice", signature=signature)
 
+    why = "no signature was given" if signer is None else (
+        "the signature is not by one of alice's keys for this message")
     assert failure_message(refused) == (
-        f"approval of plan {plan.plan_id} by alice is not verified: environment 'prod' requires an approval "
-        "code computed from DAGCTL_APPROVER_SECRET_ALICE (`dagctl plans approve` computes it)")
+        f"approve of plan {plan.plan_id} by alice is not verified: environment 'prod' requires a signature of "
+        f"'{plan.plan_id}:{plan.spec.fingerprint}' by one of alice's keys ({why}); sign with "
+        f"`dagctl plans approve {plan.plan_id} --as alice --key ~/.ssh/id_ed25519`")
     assert verifiable.state(plan.plan_id).approvals == ()
+    assert verifiable.tick() == NOTHING_READY
 
 
-def test_self_asserted_approval_does_not_count_once_verification_is_required(deployed):
+def test_no_approver_secret_exists_anywhere_in_the_product():
+    # Approvals are proven with private keys that never reach the code location: there is no shared
+    # secret a step could read and print.
+    root = Path(__file__).resolve().parents[2]
+    needles = ("DAGCTL_APPROVER_SECRET", "compute_approval_code", "approver_secret_env", "HMAC")
+    hits = [f"{path.relative_to(root)}: {needle}"
+            for folder in ("dagctl_dagster", "docs", "examples", "scripts", "helm-values")
+            for path in sorted((root / folder).rglob("*")) if path.is_file() and path.suffix != ".pyc"
+            for needle in needles if needle in path.read_text(errors="replace")]
+    hits += [f"README.md: {needle}" for needle in needles if needle in (root / "README.md").read_text()]
+
+    assert hits == []
+
+
+def test_self_asserted_approval_does_not_count_once_verification_is_required(deployed, keys):
     deployed.commit_change(author="dave")
     plan_id = deployed.explain().plan_id
     deployed.approve(plan_id, "alice")
-    deployed.configure(protected=True, approvers=["alice", "bob"], verify_approvals=True)
+    deployed.configure(protected=True, approvers=["alice", "bob"], verify_approvals=True,
+                       people=people_with_keys(keys))
     snapshots = deployed.snapshots()
 
     assert deployed.tick() == NOTHING_READY

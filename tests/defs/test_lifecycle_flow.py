@@ -92,9 +92,9 @@ def test_unprotected_plan_executes_in_the_run_that_explains_it(deployed):
 
 
 def approvals_block(summary: str) -> list[str]:
-    """The summary's lines from `**Approvals:**` up to the retries line."""
+    """The summary's lines from `**Approvals:** ...` up to the retries line."""
     lines = summary.splitlines()
-    start = lines.index("**Approvals:**")
+    start = next(i for i, line in enumerate(lines) if line.startswith("**Approvals:**"))
     end = next(i for i, line in enumerate(lines) if line.startswith("Retries used:"))
     return lines[start:end]
 
@@ -104,7 +104,7 @@ def test_summary_shows_who_approved_who_still_must_and_the_launchpad_config(depl
     deployed.commit_change(author="dave")
     plan = deployed.explain()
     assert approvals_block(deployed.summary(plan.plan_id)) == [
-        "**Approvals:**",
+        "**Approvals:** 0 counted, 2 required",
         "",
         "- none yet",
         "",
@@ -133,7 +133,7 @@ def test_summary_shows_who_approved_who_still_must_and_the_launchpad_config(depl
         f"### Plan `{plan.plan_id}`: **pending** "
         "(awaiting approval: 2 more approval(s) from alice, bob, erin)")
     assert approvals_block(summary)[:5] == [
-        "**Approvals:**",
+        "**Approvals:** 1 counted, 2 required",
         "",
         "- alice at 2025-01-06 09:05 UTC, not verified (self-asserted)",
         "",
@@ -143,7 +143,7 @@ def test_summary_shows_who_approved_who_still_must_and_the_launchpad_config(depl
 
     deployed.approve(plan.plan_id, "erin")
     assert approvals_block(deployed.summary(plan.plan_id)) == [
-        "**Approvals:**",
+        "**Approvals:** 2 counted, 2 required",
         "",
         "- alice at 2025-01-06 09:05 UTC, not verified (self-asserted)",
         "- erin at 2025-01-06 09:05 UTC, not verified (self-asserted)",

@@ -116,8 +116,8 @@ def test_failed_plan_launched_again_without_a_retry_decision_stops_at_gate(deplo
     result = deployed.launch_plan(plan_id=plan_id)
 
     assert (failed_step(result), failure_message(result)) == (
-        "gate", f"plan {plan_id} failed ({build_failure(deployed)}); to run it again, record a retry "
-        f"decision (dagctl plans retry {plan_id}); nothing was built or executed")
+        "gate", f"plan {plan_id} failed ({build_failure(deployed)}); to run it again, an approver records a "
+        f"retry decision (dagctl plans retry {plan_id}); nothing was built or executed")
     assert deployed.state(plan_id) == before
     assert deployed.snapshots() == snapshots
 
@@ -176,16 +176,24 @@ def test_dagster_reexecution_of_a_failed_plan_run_counts_as_a_retry(reexecutable
     deployed.block_builds()
     failed = launch_reexecutable(deployed, request)
     deployed.unblock_builds()
+    unasked = reexecute_from_failure(deployed, failed.run_id)
+    assert deployed.decide(plan_id, "retry", "bob").success
 
     reexecution = reexecute_from_failure(deployed, failed.run_id)
 
     plan = deployed.state(plan_id)
+    # Dagster's re-execution button is a retry like any other: without a retry decision by an approver it
+    # stops before building anything.
+    assert (failed_step(unasked), failure_message(unasked)) == (
+        "build", f"plan {plan_id} failed ({build_failure(deployed)}); to run it again, an approver records a "
+        f"retry decision (dagctl plans retry {plan_id}); nothing was built or executed")
     assert (failed.success, reexecution.success) == (False, True)
     assert reexecution.dagster_run.parent_run_id == failed.run_id
     assert (plan.status, plan.retries, plan.executions) == (PlanStatus.COMPLETED, 1, 2)
-    assert [(what, entry.reason) for what, entry in zip(statuses(plan), plan.history, strict=True)][-5:] == [
+    assert [(what, entry.reason) for what, entry in zip(statuses(plan), plan.history, strict=True)][-6:] == [
         ("status: running", "executing"),
         ("status: failed", build_failure(deployed)),
+        ("decision: retry", "retry by bob"),
         ("status: running", "executing (retry 1 of 3)"),
         ("built", "artifact built"),
         ("status: completed", BUILD_ONLY_REASON),
@@ -205,6 +213,7 @@ def test_dagster_reexecution_of_a_plan_whose_base_moved_is_discarded_as_stale(re
     newer = deployed.explain().plan_id
     deployed.approve(newer, "alice")
     assert deployed.execute_approved(newer).success
+    assert deployed.decide(plan_id, "retry", "bob").success
     snapshots = deployed.snapshots()
 
     reexecution = reexecute_from_failure(deployed, failed.run_id)

@@ -118,12 +118,12 @@ def test_protected_sensor_plan_refused_for_its_author_then_approved_twice_and_co
         assert expected in shown.stdout, f"'{expected}' missing from plans show: {shown}"
 
     self_approval = run_dagctl("plans", "approve", plan_id, "--as", "carol")
-    expect_error(self_approval, 3, "carol cannot approve plan", "their own plan")
+    expect_error(self_approval, 3, "carol cannot approve plan", "one of its authors")
 
     by_alice = run_dagctl("plans", "approve", plan_id, "--as", "alice", "--comment", "numbers checked")
     assert by_alice.returncode == 0, str(by_alice)
     assert "alice: approve recorded" in by_alice.stdout, str(by_alice)
-    assert "still needed: 1 more approval(s) from bob" in by_alice.stdout, str(by_alice)
+    assert "1 more approval(s) from bob needed" in by_alice.stdout, str(by_alice)
 
     # Follow the plan's logs from now on, as someone watching the deployment would.
     follow = start_dagctl("plans", "logs", plan_id, "--follow")

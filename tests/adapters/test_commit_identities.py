@@ -1,0 +1,37 @@
+"""The authors and committers of the commits a plan deploys, read from a real mirror."""
+
+from __future__ import annotations
+
+from fixtures.git_repos import make_repo
+
+from dagctl_dagster.adapters.git import GitMirror
+
+
+def test_every_author_and_committer_between_base_and_target_is_listed_once(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    base = repo.head
+    repo.commit("First", {"a.txt": "1\n"}, author="ann")
+    repo.commit("Second", {"a.txt": "2\n"}, author="bob")
+    repo.commit("Third", {"a.txt": "3\n"}, author="ann")
+    mirror = GitMirror(repo.url, tmp_path / "mirror.git")
+    mirror.ensure()
+
+    identities = mirror.list_commit_identities(base, repo.head)
+    first_deployment = mirror.list_commit_identities(None, repo.head)
+
+    # carol is the committer of every commit (the fixture's Git identity); newest first.
+    assert identities == [("ann", "ann@example.com"), ("carol", "carol@example.com"), ("bob", "bob@example.com")]
+    assert first_deployment == [("ann", "ann@example.com"), ("carol", "carol@example.com")]
+
+
+def test_listing_started_alongside_other_reads_gives_the_same_identities(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    base = repo.head
+    repo.commit("First", {"a.txt": "1\n"}, author="ann")
+    mirror = GitMirror(repo.url, tmp_path / "mirror.git")
+    mirror.ensure()
+
+    collect = mirror.start_listing_commit_identities(base, repo.head)
+
+    assert collect() == mirror.list_commit_identities(base, repo.head) == [
+        ("ann", "ann@example.com"), ("carol", "carol@example.com")]
