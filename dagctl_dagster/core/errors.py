@@ -39,3 +39,7 @@ class DagctlPolicyError(DagctlTransitionError):
 
 class DagctlStepError(DagctlError):
     """A build or execution step failed (non-zero exit, pod failure, timeout)."""
+
+
+class DagctlStateLockedError(DagctlStepError):
+    """A process outside dagctl holds DuckDB's single-writer lock on SQLMesh's database; nothing was done."""

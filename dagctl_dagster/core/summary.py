@@ -59,7 +59,7 @@ def _render_change_set(spec: PlanSpec) -> list[str]:
 
 
 def _render_approvals(state: PlanState, policy: PolicyResult | None) -> list[str]:
-    if policy is None:
+    if policy is None or not state.spec.has_changes:  # nothing to approve: a no-op or a failed explain
         return []
     lines = ["", "**Approvals:**", ""]
     if not policy.counted and not policy.ignored:
@@ -91,7 +91,8 @@ def render_plan_summary(state: PlanState, policy: PolicyResult | None = None) ->
         "",
         f"{spec.project} -> **{spec.environment}** | {spec.framework.value}{version}",
         "",
-        f"Commits: `{base}` -> `{spec.short_target}` ({spec.commits_ahead} ahead) | "
+        f"Commits: `{base}` -> `{spec.short_target}`"
+        f"{f' ({spec.commits_ahead} ahead)' if spec.base_commit else ''} | "
         f"by {spec.author} | triggered by {spec.triggered_by}",
         "",
         f"> {spec.commit_message}" if spec.commit_message else "",
