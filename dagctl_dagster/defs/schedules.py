@@ -188,7 +188,8 @@ def build_schedule(runtime: PlanRuntime, project: ProjectConfig, config: Schedul
             RunsFilter(job_name=recurring_job.name, statuses=_ACTIVE, tags={SCHEDULE_TAG: schedule_tag}), limit=1)
         if active:
             run = active[0].dagster_run
-            return SkipReason(f"run {run.run_id} of schedule {config.name} is still {run.status.value.lower()}: "
+            state = "running" if run.status in (DagsterRunStatus.STARTING, DagsterRunStatus.STARTED) else "queued"
+            return SkipReason(f"run {run.run_id} of schedule {config.name} is still {state}: "
                               "this tick is skipped so that runs do not pile up (the next tick runs if it "
                               "has finished)")
         # No deployed commit tag here: the run resolves it when it starts and tags it then.
