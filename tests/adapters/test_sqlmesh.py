@@ -583,3 +583,30 @@ def test_steps_that_share_a_database_wait_for_each_other_across_environments(
         "writer at a time, so SQLMesh steps that share this database run one after the other)."
     )
     assert [change.name for change in result[0].changes_of("directly_modified")] == ["shop.orders"]
+
+
+def test_sqlmesh_init_template_with_a_broken_unit_test_names_it_and_the_fix_plans(tmp_path: Path) -> None:
+    """SQLMesh's own `init duckdb` template, its `db.db` pointed outside the project as docs/sqlmesh.md says."""
+    project = tmp_path / "template"
+    project.mkdir()
+    sqlmesh = Path(sys.executable).parent / "sqlmesh"
+    subprocess.run([str(sqlmesh), "init", "duckdb"], cwd=project, check=True, capture_output=True)
+    full_model = project / "models" / "full_model.sql"
+    good = full_model.read_text()
+    full_model.write_text(good.replace("COUNT(DISTINCT id) AS num_orders", "COUNT(DISTINCT id) + 1 AS num_orders"))
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SQLMESH__GATEWAYS__DUCKDB__CONNECTION__DATABASE", str(tmp_path / "db.db"))
+        patch.setenv("SQLMESH__GATEWAYS__DUCKDB__STATE_CONNECTION__TYPE", "duckdb")
+        patch.setenv("SQLMESH__GATEWAYS__DUCKDB__STATE_CONNECTION__DATABASE", str(tmp_path / "state.duckdb"))
+        broken = explain_sqlmesh_plan(project, "prod")
+        full_model.write_text(good)
+        fixed = explain_sqlmesh_plan(project, "prod")
+
+    assert (broken.has_changes, broken.failed_tests) == (False, ("tests/test_full_model.yaml::test_example_full_model",))
+    assert "FAIL: test_example_full_model" in (broken.test_output or "")
+    assert (fixed.has_changes, fixed.failed_tests, len(fixed.changes_of("added"))) == (True, (), 3)
+    assert not (project / "db.db").exists()
+    assert {"db.db.dagctl-lock", "state.duckdb", "state.duckdb.dagctl-lock"} <= {
+        path.name for path in tmp_path.iterdir()
+    }
