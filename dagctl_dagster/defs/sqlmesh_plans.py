@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import tempfile
 from collections import deque
@@ -155,7 +156,22 @@ def run_sqlmesh_apply_step(context: OpExecutionContext, spec: PlanSpec, step: St
     assert spec.sqlmesh is not None, "a SQLMesh plan always has a change set"
     planned = {interval.model: interval for interval in spec.sqlmesh.backfills}
     evaluated: set[str] = set()
-    for event in run_pipes_step(context, step):
+    try:
+        yield from _with_backfill_shown(run_pipes_step(context, step), planned, evaluated)
+    except DagctlStepError as error:
+        raise DagctlStepError(_apply_failure(spec, error)) from error
+    shown = ", ".join(f"{i.model} [{i.start} - {i.end}]" for i in spec.sqlmesh.backfills) or "nothing"
+    skipped = sorted(set(planned) - evaluated)
+    context.log.info(
+        f"The plan showed this backfill at explain: {shown}. Evaluated at execution: "
+        f"{', '.join(sorted(evaluated)) or 'nothing'} (see the step's 'Backfilled at execution' line and "
+        "each model's materialization for the intervals)."
+        + (f" Not evaluated, already built or not due: {', '.join(skipped)}." if skipped else "")
+    )
+
+
+def _with_backfill_shown(events: Iterator[Any], planned: dict[str, Any], evaluated: set[str]) -> Iterator[Any]:
+    for event in events:
         model = event.metadata.get("sqlmesh_model") if isinstance(event, AssetMaterialization) else None
         if model is None:
             yield event
@@ -165,11 +181,27 @@ def run_sqlmesh_apply_step(context: OpExecutionContext, spec: PlanSpec, step: St
         shown = planned.get(name)
         yield AssetMaterialization(asset_key=event.asset_key, description=event.description, metadata={
             **event.metadata, "planned_backfill": f"{shown.start} - {shown.end}" if shown else "none"})
-    shown = ", ".join(f"{i.model} [{i.start} - {i.end}]" for i in spec.sqlmesh.backfills) or "nothing"
-    skipped = sorted(set(planned) - evaluated)
-    context.log.info(
-        f"The plan showed this backfill at explain: {shown}. Evaluated at execution: "
-        f"{', '.join(sorted(evaluated)) or 'nothing'} (see the step's 'Backfilled at execution' line and "
-        "each model's materialization for the intervals)."
-        + (f" Not evaluated, already built or not due: {', '.join(skipped)}." if skipped else "")
-    )
+
+
+# What each exit code of `runner.sqlmesh_apply` means, for the plan's failure reason (the step's own
+# message, naming files and processes, is in the run's log).
+_APPLY_EXITS = {
+    1: "applying failed: a model or an audit failed, or the warehouse is unreachable (SQLMesh's message is in "
+       "the run's log). Fix the model and push a new commit, or retry the plan if the failure was transient",
+    2: "SQLMesh refused the plan (uncategorized changes, or it cannot load the project or build the plan); "
+       "nothing was applied. Fix the project and push a new commit",
+    3: "the plan is stale: another plan reached the SQLMesh environment, or the files differ from the approved "
+       "commit; nothing was applied. Explain the change again and have the new plan approved",
+    4: "a process outside dagctl holds DuckDB's single-writer lock on SQLMesh's database (the run's log names "
+       "the file and the process); nothing was applied. Stop or wait for that process, then retry the plan "
+       "(`dagctl plans retry {plan_id}`); to let environments work side by side, keep SQLMesh's state in "
+       "Postgres (docs/sqlmesh.md)",
+}
+
+
+def _apply_failure(spec: PlanSpec, error: DagctlStepError) -> str:
+    code = re.search(r"failed with code (\d+)", str(error))
+    meaning = _APPLY_EXITS.get(int(code.group(1))) if code else None
+    if meaning is None:
+        return str(error)
+    return f"SQLMesh's apply step exited with code {code.group(1)}: {meaning.format(plan_id=spec.plan_id)}"

@@ -7,6 +7,8 @@ get only the allowlist and what the config declares (`pass_env: [DAGCTL_WAREHOUS
 """
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
@@ -364,3 +366,41 @@ def test_sqlmesh_project_code_at_explain_sees_none_of_the_code_location_secrets(
     # Nothing planted reached the run's logs either.
     logged = "\n".join(world.logs(result))
     assert not [value for value in SECRETS.values() if value in logged]
+
+
+def test_a_database_held_by_another_process_fails_detect_saying_so_and_what_to_do(world):
+    plans_before = len(world.states("hotfix"))
+    state = world.warehouse / "sqlmesh_shop_state.duckdb"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys; c = duckdb.connect(sys.argv[1]); print('held', flush=True); "
+         "sys.stdin.read()", str(state)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        result = world.run_plan("hotfix")
+    finally:
+        holder.communicate("")
+
+    message = failure_message(result)
+    assert not result.success
+    assert message.startswith(f'SQLMesh cannot open its DuckDB database: IO Error: Could not set lock on file "{state}"')
+    assert f"(PID {holder.pid})" in message and "`dagctl plans retry <plan id>`" in message
+    assert len(world.states("hotfix")) == plans_before
+
+
+def test_a_model_that_fails_at_apply_fails_the_plan_with_what_happened(world):
+    orders = world.repo.read("models/orders.sql")
+    world.repo.commit("Unparseable price", {"models/orders.sql": orders.replace(
+        "products.price AS unit_price", "CAST('n/a' AS DECIMAL) AS unit_price", 1)})
+
+    result = world.run_plan("hotfix")
+
+    failed = world.states("hotfix")[-1]
+    assert not result.success
+    assert failed.status is PlanStatus.FAILED
+    assert failed.reason == (
+        "SQLMesh's apply step exited with code 1: applying failed: a model or an audit failed, or the warehouse "
+        "is unreachable (SQLMesh's message is in the run's log). Fix the model and push a new commit, or retry "
+        "the plan if the failure was transient")
+    assert any(line.startswith('FAILED shop.orders: Conversion Error: Could not convert string "n/a"')
+               for line in world.logs(result))
+    world.repo.commit("Price back", {"models/orders.sql": orders})
