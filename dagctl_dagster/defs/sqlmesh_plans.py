@@ -149,15 +149,17 @@ def build_sqlmesh_apply_step(project: ProjectConfig, env: EnvironmentConfig, spe
         project, env, spec, workdir), working_dir=workdir, image=image, labels=labels)
 
 
-def run_sqlmesh_apply_step(context: OpExecutionContext, spec: PlanSpec, step: StepSpec) -> Iterator[Any]:
-    """Runs the apply step locally; each model's materialization carries what the execution evaluated next
-    to what the plan showed at explain, and the run's log says both (SQLMesh re-evaluates the backfill
-    when it applies: intervals came due since, or another environment built the same snapshots)."""
+def run_sqlmesh_apply_step(context: OpExecutionContext, spec: PlanSpec, step: StepSpec,
+                           **options: Any) -> Iterator[Any]:
+    """Runs the apply step locally (`run_pipes_step(context, step, **options)`); each model's
+    materialization carries what the execution evaluated next to what the plan showed at explain, and the
+    run's log says both (SQLMesh re-evaluates the backfill when it applies: intervals came due since, or
+    another environment built the same snapshots). A failure names what the step's exit code means."""
     assert spec.sqlmesh is not None, "a SQLMesh plan always has a change set"
     planned = {interval.model: interval for interval in spec.sqlmesh.backfills}
     evaluated: set[str] = set()
     try:
-        yield from _with_backfill_shown(run_pipes_step(context, step), planned, evaluated)
+        yield from _with_backfill_shown(run_pipes_step(context, step, **options), planned, evaluated)
     except DagctlStepError as error:
         raise DagctlStepError(_apply_failure(spec, error)) from error
     shown = ", ".join(f"{i.model} [{i.start} - {i.end}]" for i in spec.sqlmesh.backfills) or "nothing"
