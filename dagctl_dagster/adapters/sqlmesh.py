@@ -23,7 +23,10 @@ a Postgres state database in production:
     SQLMESH__GATEWAYS__DUCKDB__STATE_CONNECTION__PASSWORD=...   # from a secret
 
 DuckDB state is fine for the demo and for tests; it allows one writer at a time and lives on one disk, so a
-cluster needs Postgres (see docs/sqlmesh.md). Telemetry is always switched off.
+cluster needs Postgres (see docs/sqlmesh.md). Every call here holds an exclusive lock per DuckDB file of the
+gateway (`<file>.dagctl-lock`) while SQLMesh works, so calls that share a database, from any environment
+and any process on the machine, take turns instead of failing on DuckDB's lock. Telemetry is always
+switched off.
 
 SQLMesh's console is process-global: these functions install theirs for the duration of a call, so run
 them one at a time per process (Dagster runs each step in its own process).
