@@ -199,21 +199,23 @@ def test_schedules_run_on_the_deployed_commit(world):
                for line in world.logs(result))
 
 
-def test_a_schedule_skips_a_tick_while_its_last_run_is_still_running(world):
+@pytest.mark.parametrize(("status", "said"), [(DagsterRunStatus.NOT_STARTED, "queued"),
+                                              (DagsterRunStatus.STARTED, "running")])
+def test_a_schedule_skips_a_tick_while_its_last_run_is_queued_or_running(world, status, said):
     recurring = world.defs.resolve_job_def("shop_recurring_job")
-    running = world.instance.create_run_for_job(
+    earlier = world.instance.create_run_for_job(
         job_def=recurring, run_config={"ops": {"run_recurring": {"config": {"schedule": "hourly"}}}},
-        tags={"dagctl/schedule": "shop.hourly"}, status=DagsterRunStatus.STARTED)
+        tags={"dagctl/schedule": "shop.hourly"}, status=status)
     try:
         hourly = world.schedule("shop_hourly_schedule")
         janitor = world.schedule("shop_janitor_schedule")
     finally:
-        world.instance.delete_run(running.run_id)
+        world.instance.delete_run(earlier.run_id)
 
     assert isinstance(hourly, SkipReason)
     assert hourly.skip_message == (
-        f"run {running.run_id} of schedule hourly is still running: this tick is skipped so that runs do not pile "
-        "up (the next tick runs if it has finished)")
+        f"run {earlier.run_id} of schedule hourly is still {said}: this tick is skipped so that runs do not "
+        "pile up (the next tick runs if it has finished)")
     assert isinstance(janitor, RunRequest), "another schedule of the same project is not held back"
     assert isinstance(world.schedule("shop_hourly_schedule"), RunRequest)
 
