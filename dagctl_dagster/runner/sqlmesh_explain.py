@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -59,6 +60,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         code, result = EXIT_LOCKED, {"outcome": "locked", "message": str(error)}
     except DagctlError as error:
         code, result = EXIT_FAILED, {"outcome": "failed", "message": str(error)}
+    except Exception as error:  # the step's boundary: SQLMesh's or DuckDB's own error, said in one line
+        traceback.print_exc(file=sys.stdout)
+        message = (f"SQLMesh failed while explaining environment '{args.environment}': "
+                   f"{type(error).__name__}: {error}. If a path in it looks wrong (e.g. it contains 'None'), "
+                   "the project reads a variable its steps do not get: declare it in the deployment config "
+                   "(step_env: pass_env or env).")
+        code, result = EXIT_FAILED, {"outcome": "failed", "message": message}
     args.output.write_text(json.dumps(result))
     if code != EXIT_EXPLAINED:
         sys.stderr.write(" ".join(result["message"].split()) + "\n")

@@ -103,3 +103,20 @@ def test_recurring_run_of_a_held_database_exits_4(
 
     assert code == sqlmesh_recurring.EXIT_LOCKED
     assert "holds DuckDB's single-writer lock" in capsys.readouterr().err
+
+
+def test_explain_without_a_variable_the_project_reads_says_which_setting_to_declare(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    project = Path(shutil.copytree(EXAMPLE, tmp_path / "project"))
+    monkeypatch.delenv("DAGCTL_WAREHOUSE_DIR", raising=False)
+    output = tmp_path / "result.json"
+
+    code = sqlmesh_explain.main(["--project-dir", str(project), "--environment", "prod", "--output", str(output)])
+
+    message = json.loads(output.read_text())["message"]
+    assert code == sqlmesh_explain.EXIT_FAILED
+    assert message.startswith("SQLMesh failed while explaining environment 'prod': IOException: IO Error: "
+                              'Cannot open file "')
+    assert "None/sqlmesh_shop" in message and "(step_env: pass_env or env)" in message
+    assert "Traceback" in capsys.readouterr().out
