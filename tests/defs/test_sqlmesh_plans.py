@@ -323,6 +323,16 @@ def test_a_change_that_breaks_a_unit_test_is_a_failed_plan_with_sqlmesh_report_t
     assert "56.4" in metadata["sqlmesh_test_output"].value
     assert any("FAIL: test_daily_revenue_sums_all_products" in line for line in world.logs(result))
     assert "built" not in [entry.what.split(":")[0] for entry in failed.history]
+    # A retry cannot make it execute: gate refuses a plan whose tests failed.
+    retry = {"ops": {"review": {"config": {"plan_id": failed.plan_id, "decision": "retry", "actor": "alice"}}}}
+    assert world.defs.get_job_def("dagctl_review_job").execute_in_process(
+        run_config=retry, instance=world.instance, raise_on_error=False).success
+    [request] = [r for r in world.tick("dagctl_approval_sensor").run_requests
+                 if r.tags.get("dagctl/plan-id") == failed.plan_id]
+    retried = world.run_plan("hotfix", plan_id=failed.plan_id, tags=request.tags)
+    assert not retried.success
+    assert failure_message(retried) == f"plan {failed.plan_id} failed at explain: {failed.reason}"
+    assert "built" not in [entry.what.split(":")[0] for entry in world.states("hotfix")[-1].history]
 
     world.repo.commit("Fix the revenue", {"models/daily_revenue.sql": good})
     assert world.run_plan("hotfix").success
