@@ -23,7 +23,10 @@ a Postgres state database in production:
     SQLMESH__GATEWAYS__DUCKDB__STATE_CONNECTION__PASSWORD=...   # from a secret
 
 DuckDB state is fine for the demo and for tests; it allows one writer at a time and lives on one disk, so a
-cluster needs Postgres (see docs/sqlmesh.md). Telemetry is always switched off.
+cluster needs Postgres (see docs/sqlmesh.md). Every call here holds an exclusive lock per DuckDB file of the
+gateway (`<file>.dagctl-lock`) while SQLMesh works, so calls that share a database, from any environment
+and any process on the machine, take turns instead of failing on DuckDB's lock. Telemetry is always
+switched off.
 
 SQLMesh's console is process-global: these functions install theirs for the duration of a call, so run
 them one at a time per process (Dagster runs each step in its own process).
@@ -31,25 +34,37 @@ them one at a time per process (Dagster runs each step in its own process).
 
 from __future__ import annotations
 
+import fcntl
+import io
+import os
 import re
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import datetime
 from difflib import unified_diff
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rich.console import Console as RichConsole
 from sqlmesh.core import analytics
-from sqlmesh.core.console import Console, NoopConsole, get_console, set_console
+from sqlmesh.core.config import Config
+from sqlmesh.core.config.loader import load_configs
+from sqlmesh.core.console import Console, NoopConsole, TerminalConsole, get_console, set_console
 from sqlmesh.core.context import Context
 from sqlmesh.core.environment import EnvironmentNamingInfo
 from sqlmesh.core.snapshot.definition import model_display_name
 from sqlmesh.utils.date import make_inclusive, to_ds, to_ts
 from sqlmesh.utils.errors import ConflictingPlanError, NoChangesPlanError, SQLMeshError
 
-from ..core.errors import DagctlError, DagctlPlanError, DagctlStalePlanError, DagctlStepError
+from ..core.errors import (
+    DagctlError,
+    DagctlPlanError,
+    DagctlStalePlanError,
+    DagctlStateLockedError,
+    DagctlStepError,
+)
 from ..core.sqlmesh_plan import BackfillInterval, BackfillMode, ModelChange, SqlmeshChangeSet
 
 if TYPE_CHECKING:
@@ -57,6 +72,7 @@ if TYPE_CHECKING:
     from sqlmesh.core.node import IntervalUnit
     from sqlmesh.core.plan import Plan
     from sqlmesh.core.snapshot import Snapshot
+    from sqlmesh.core.test.result import ModelTextTestResult
 
 LogFn = Callable[[str], None]
 ExecutionTime = datetime | str | None
@@ -86,16 +102,35 @@ def explain_sqlmesh_plan(
         execution_time: "Now" for SQLMesh (tests pin it); default: the current time.
         log: Receives SQLMesh's warnings and status lines.
 
+    A commit whose unit tests fail gives no plan: the change set then has no changes and names the failed
+    tests (`failed_tests`) with SQLMesh's own report of them, row diffs included (`test_output`).
+
     Raises:
-        DagctlPlanError: SQLMesh cannot build the plan (invalid project, failing unit tests, unreachable
-            state database) or some directly modified models are uncategorized.
+        DagctlPlanError: SQLMesh cannot build the plan (invalid project, unreachable state database) or
+            some directly modified models are uncategorized.
+        DagctlStateLockedError: A process outside dagctl holds the DuckDB state database.
 
     Example:
         change_set = explain_sqlmesh_plan(Path("/snapshots/abc123"), "prod")
         change_set.fingerprint  # recorded at detect, passed to apply_sqlmesh_plan at execute
     """
-    with _sqlmesh_context(project_dir, gateway, _ProgressConsole(log)) as context:
-        plan = _build_plan(context, environment, execution_time, validate=True)
+    console = _ProgressConsole(log)
+    with _sqlmesh_context(
+        project_dir, gateway, console, purpose=f"explain {environment}", log=log
+    ) as context:
+        try:
+            plan = _build_plan(context, environment, execution_time, validate=True)
+        except DagctlPlanError:
+            if console.test_result is None or console.test_result.wasSuccessful():
+                raise
+            env = context.state_reader.get_environment(environment)
+            return SqlmeshChangeSet(
+                environment=environment,
+                base_plan_id=env.plan_id if env else None,
+                has_changes=False,
+                failed_tests=_failed_test_names(console.test_result, project_dir),
+                test_output=console.test_output,
+            )
         change_set = _build_change_set(context, environment, plan)
     _ensure_categorized(change_set)
     return change_set
@@ -109,7 +144,7 @@ def apply_sqlmesh_plan(
     gateway: str | None = None,
     execution_time: ExecutionTime = None,
     log: LogFn = _ignore,
-    on_model_evaluated: Callable[[str], None] = _ignore,
+    on_model_evaluated: Callable[[BackfillInterval], None] = _ignore,
 ) -> SqlmeshChangeSet:
     """Rebuild the plan, check it is the approved one, then apply it (single phase).
 
@@ -126,7 +161,8 @@ def apply_sqlmesh_plan(
         gateway: The SQLMesh gateway; default: the project's `default_gateway`.
         execution_time: "Now" for SQLMesh (tests pin it); default: the current time.
         log: Receives one progress line per step and per evaluated batch.
-        on_model_evaluated: Called once per model whose intervals were all evaluated, with its name.
+        on_model_evaluated: Called once per model whose intervals were all evaluated, with what was
+            evaluated (the model, its first and last interval, the mode).
 
     Returns:
         The change set that was applied (the rebuilt one, equal in fingerprint to the approved one).
@@ -141,7 +177,9 @@ def apply_sqlmesh_plan(
                            log=context.log.info, on_model_evaluated=report_materialization)
     """
     console = _ProgressConsole(log, on_model_evaluated)
-    with _sqlmesh_context(project_dir, gateway, console) as context:
+    with _sqlmesh_context(
+        project_dir, gateway, console, purpose=f"apply {environment}", log=log
+    ) as context:
         plan = _build_plan(context, environment, execution_time, validate=False)
         change_set = _build_change_set(context, environment, plan)
         if change_set.fingerprint != expected_fingerprint:
@@ -169,8 +207,18 @@ def apply_sqlmesh_plan(
                 f"Applying the SQLMesh plan to environment '{environment}' failed: {detail}. "
                 "Fix the model and push a new commit, or retry the plan if the failure was transient."
             ) from error
+        log(f"Backfilled at execution: {_describe_backfill(console.evaluated)}.")
         log(f"Applied SQLMesh plan {plan.plan_id} to environment '{environment}'.")
     return change_set
+
+
+def _describe_backfill(intervals: list[BackfillInterval] | tuple[BackfillInterval, ...]) -> str:
+    if not intervals:
+        return "nothing"
+    return ", ".join(
+        f"{i.model} [{i.start}{'' if i.start == i.end else ' - ' + i.end}]"
+        for i in sorted(intervals, key=lambda i: i.model)
+    )
 
 
 def run_sqlmesh(
@@ -180,7 +228,7 @@ def run_sqlmesh(
     gateway: str | None = None,
     execution_time: ExecutionTime = None,
     log: LogFn = _ignore,
-    on_model_evaluated: Callable[[str], None] = _ignore,
+    on_model_evaluated: Callable[[BackfillInterval], None] = _ignore,
 ) -> None:
     """`sqlmesh run <environment>`: evaluate the intervals that are due for what is deployed.
 
@@ -191,7 +239,9 @@ def run_sqlmesh(
         DagctlStepError: The environment does not exist, or a model or an audit failed.
     """
     console = _ProgressConsole(log, on_model_evaluated)
-    with _sqlmesh_context(project_dir, gateway, console, DagctlStepError) as context:
+    with _sqlmesh_context(
+        project_dir, gateway, console, DagctlStepError, purpose=f"sqlmesh run {environment}", log=log
+    ) as context:
         try:
             status = context.run(environment, execution_time=execution_time)
         except SQLMeshError as error:
@@ -208,7 +258,9 @@ def run_sqlmesh_janitor(project_dir: Path, *, gateway: str | None = None, log: L
     Raises:
         DagctlStepError: The janitor failed.
     """
-    with _sqlmesh_context(project_dir, gateway, _ProgressConsole(log), DagctlStepError) as context:
+    with _sqlmesh_context(
+        project_dir, gateway, _ProgressConsole(log), DagctlStepError, purpose="sqlmesh janitor", log=log
+    ) as context:
         try:
             context.run_janitor(ignore_ttl=False)
         except SQLMeshError as error:
@@ -222,22 +274,107 @@ def _sqlmesh_context(
     gateway: str | None,
     console: Console,
     error_type: type[DagctlError] = DagctlPlanError,
+    *,
+    purpose: str,
+    log: LogFn = _ignore,
 ) -> Iterator[Context]:
+    """SQLMesh's context of the project, holding the lock of every DuckDB file its gateway uses.
+
+    DuckDB allows one writer per file, and SQLMesh opens its files for writing: two SQLMesh processes on
+    one DuckDB state database (dev planning while prod applies) fail with DuckDB's "Conflicting lock".
+    So every call takes an exclusive lock per DuckDB file of the gateway (warehouse and state), across
+    environments, and waits for it: steps that share a state database run one after the other. A file
+    held by a process outside dagctl still fails, as `DagctlStateLockedError` saying what to do.
+    """
     analytics.disable_analytics()
     previous = get_console()
     # Installed globally before the Context exists, so loading warnings reach it as well.
     set_console(console)
     context: Context | None = None
     try:
-        try:
-            context = Context(paths=str(project_dir), gateway=gateway)
-        except SQLMeshError as error:
-            raise error_type(f"SQLMesh cannot load the project in {project_dir}: {error}") from error
-        yield context
+        with ExitStack() as locks:
+            try:
+                configs = load_configs(None, Config, [project_dir])
+                for path in _duckdb_files(configs, gateway):
+                    locks.enter_context(_file_lock(path, purpose, log))
+                context = Context(paths=str(project_dir), gateway=gateway, config=configs)
+            except SQLMeshError as error:
+                _raise_if_locked(error)
+                raise error_type(f"SQLMesh cannot load the project in {project_dir}: {error}") from error
+            except Exception as error:  # DuckDB's own errors are not SQLMesh's
+                _raise_if_locked(error)
+                raise
+            try:
+                yield context
+            except Exception as error:
+                _raise_if_locked(error)
+                raise
+            finally:
+                context.close()
     finally:
-        if context is not None:
-            context.close()
         set_console(previous)
+
+
+_LOCK_CONFLICT = "Could not set lock on file"
+
+
+def _raise_if_locked(error: BaseException) -> None:
+    """Turns DuckDB's lock conflict, wherever it is in the chain of causes, into what it is."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if _LOCK_CONFLICT in str(seen):
+            detail = str(seen).split(". See also")[0]
+            raise DagctlStateLockedError(
+                f"SQLMesh cannot open its DuckDB database: {detail}. A process outside dagctl (a "
+                "`sqlmesh` command, a notebook, `sqlmesh ui`) holds DuckDB's single-writer lock on it "
+                "(dagctl's own steps wait for each other). Stop or wait for that process, then retry: "
+                "`dagctl plans retry <plan id>` for a failed plan; a schedule runs again at its next "
+                "tick. To let environments work side by side, keep SQLMesh's state in Postgres "
+                "(docs/sqlmesh.md)."
+            ) from error
+        seen = seen.__cause__ or seen.__context__
+
+
+def _duckdb_files(configs: dict[Path, Config], gateway: str | None) -> list[Path]:
+    """The DuckDB files of the gateway's warehouse and state connections, sorted (the lock order)."""
+    files: set[Path] = set()
+    for config in configs.values():
+        connections = [config.get_connection(gateway), config.get_state_connection(gateway)]
+        for connection in connections:
+            if connection is None or connection.type_ != "duckdb":
+                continue
+            targets = [getattr(connection, "database", None)]
+            targets += [getattr(c, "path", c) for c in (getattr(connection, "catalogs", None) or {}).values()]
+            for target in targets:
+                if isinstance(target, str) and target and target != ":memory:" and "://" not in target \
+                        and not target.startswith("md:"):
+                    files.add(Path(target).absolute())
+    return sorted(files)
+
+
+@contextmanager
+def _file_lock(database: Path, purpose: str, log: LogFn) -> Iterator[None]:
+    """An exclusive lock on `<database>.dagctl-lock`, waited for; its file names the holder."""
+    if not database.parent.is_dir():
+        yield  # DuckDB will say the folder is missing
+        return
+    lock_path = database.with_name(f"{database.name}.dagctl-lock")
+    with open(lock_path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another step"
+            log(f"Waiting for {database}: {holder} is using it (DuckDB allows one writer at a time, so "
+                "SQLMesh steps that share this database run one after the other).")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            handle.truncate(0)
+            handle.write(f"{purpose} (pid {os.getpid()})\n")
+            handle.flush()
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _build_plan(
@@ -406,6 +543,17 @@ def _backfills(plan: Plan, names: dict[Any, str]) -> tuple[BackfillInterval, ...
     return tuple(sorted(backfills, key=lambda b: (b.model, b.start)))
 
 
+def _failed_test_names(result: ModelTextTestResult, project_dir: Path) -> tuple[str, ...]:
+    """`tests/test_full_model.yaml::test_full_model` for every failed or erroring unit test."""
+    names = []
+    for test in result.get_fail_and_error_tests():
+        path = Path(test.path) if test.path else None
+        if path is not None and path.is_absolute() and path.is_relative_to(project_dir.absolute()):
+            path = path.relative_to(project_dir.absolute())
+        names.append(f"{path}::{test.test_name}" if path else test.test_name)
+    return tuple(sorted(names))
+
+
 def _ensure_categorized(change_set: SqlmeshChangeSet) -> None:
     if change_set.uncategorized:
         models = ", ".join(change_set.uncategorized)
@@ -441,16 +589,25 @@ class _ProgressConsole(NoopConsole):
     reported once all of its batches succeeded.
     """
 
-    def __init__(self, log: LogFn, on_model_evaluated: Callable[[str], None] = _ignore) -> None:
+    def __init__(
+        self, log: LogFn, on_model_evaluated: Callable[[BackfillInterval], None] = _ignore
+    ) -> None:
         self._log = log
         self._on_model_evaluated = on_model_evaluated
         self._lock = threading.Lock()
         self._default_catalog: str | None = None
         self._batches_left: dict[str, int] = {}
+        self._ranges: dict[str, tuple[str, str]] = {}
         self._failed: set[str] = set()
         self._audit_only = False
+        self._creating = False
         self.failures: list[str] = []
         """One `model: first line of the error` entry per failed model."""
+        self.evaluated: list[BackfillInterval] = []
+        """What was actually evaluated, one entry per model whose batches all succeeded."""
+        self.test_result: ModelTextTestResult | None = None
+        self.test_output = ""
+        """SQLMesh's own report of the unit tests (failures with their row diffs), as plain text."""
 
     def _name(self, fqn: str) -> str:
         return _display(fqn, self._default_catalog, getattr(self, "dialect", None))
@@ -462,10 +619,29 @@ class _ProgressConsole(NoopConsole):
         self, snapshots: list[Any], environment_naming_info: Any, default_catalog: str | None
     ) -> None:
         self._default_catalog = default_catalog
+        self._creating = True
         self._log(f"Creating physical tables for {len(snapshots)} model(s).")
 
     def stop_creation_progress(self, success: bool = True) -> None:
+        # With nothing to create SQLMesh never starts this progress, logs its "skip" message and then
+        # stops it with success=False: that is not a failure, and was already said.
+        if not self._creating:
+            return
+        self._creating = False
         self._log("Physical tables created." if success else "Creating physical tables failed.")
+
+    def log_test_results(self, result: ModelTextTestResult, target_dialect: str) -> None:
+        self.test_result = result
+        if result.wasSuccessful():
+            if result.testsRun:
+                self._log(f"Unit tests: {result.testsRun} passed.")
+            return
+        buffer = io.StringIO()
+        rich = RichConsole(file=buffer, width=120, color_system=None, force_terminal=False)
+        TerminalConsole(console=rich, dialect=target_dialect).log_test_results(result, target_dialect)
+        self.test_output = "\n".join(line.rstrip() for line in buffer.getvalue().strip("\n").split("\n"))
+        for line in self.test_output.split("\n"):
+            self._log(line)
 
     def start_evaluation_progress(
         self,
@@ -480,6 +656,7 @@ class _ProgressConsole(NoopConsole):
             self._batches_left = {
                 snapshot.name: len(intervals) for snapshot, intervals in batched_intervals.items()
             }
+            self._ranges = {}
             self._failed = set()
         batches = sum(self._batches_left.values())
         what = "Auditing" if audit_only else "Evaluating"
@@ -511,10 +688,15 @@ class _ProgressConsole(NoopConsole):
                 self._log(f"{name} [{period}] failed")
                 return
             self._log(f"{name} [{period}] evaluated in {duration_ms} ms{audits}")
+            earliest, latest = self._ranges.get(snapshot.name, (first, last))
+            self._ranges[snapshot.name] = (min(earliest, first), max(latest, last))
             left = self._batches_left.get(snapshot.name, 1) - 1
             self._batches_left[snapshot.name] = left
             if left == 0 and snapshot.name not in self._failed and not (audit_only or self._audit_only):
-                self._on_model_evaluated(name)
+                start, end = self._ranges[snapshot.name]
+                evaluated = BackfillInterval(model=name, start=start, end=end, mode=_backfill_mode(snapshot))
+                self.evaluated.append(evaluated)
+                self._on_model_evaluated(evaluated)
 
     def stop_evaluation_progress(self, success: bool = True) -> None:
         self._log("Evaluation finished." if success else "Evaluation failed.")
@@ -541,7 +723,7 @@ class _ProgressConsole(NoopConsole):
         self._log(message)
 
     def log_success(self, message: str) -> None:
-        self._log(message)
+        self._log(message.strip())
 
     def log_error(self, message: str, *args: Any, **kwargs: Any) -> None:
         self._log(f"ERROR: {message}")

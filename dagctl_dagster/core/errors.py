@@ -43,3 +43,7 @@ class DagctlStepError(DagctlError):
 
 class DagctlSignatureError(DagctlError):
     """A public key or a signature cannot be read (not an OpenSSH key line, a truncated blob)."""
+
+
+class DagctlStateLockedError(DagctlStepError):
+    """A process outside dagctl holds DuckDB's single-writer lock on SQLMesh's database; nothing was done."""

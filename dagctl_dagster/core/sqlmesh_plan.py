@@ -110,6 +110,13 @@ class SqlmeshChangeSet(BaseModel):
     uncategorized: tuple[str, ...] = Field(
         default=(), description="Directly modified models SQLMesh could not categorize."
     )
+    failed_tests: tuple[str, ...] = Field(
+        default=(),
+        description="Unit tests that failed at explain (`tests/x.yaml::test_name`): no plan, nothing applies.",
+    )
+    test_output: str | None = Field(
+        default=None, description="SQLMesh's own report of the failed unit tests, with their row diffs."
+    )
 
     def changes_of(self, kind: ChangeKind) -> tuple[ModelChange, ...]:
         """The changes of one kind, in the recorded order."""
@@ -201,6 +208,17 @@ def render_sqlmesh_summary(change_set: SqlmeshChangeSet) -> str:
         else "new environment"
     )
     lines = [f"**SQLMesh plan for `{change_set.environment}`** ({base})", ""]
+    if change_set.failed_tests:
+        lines += [
+            f"**Unit tests failed ({len(change_set.failed_tests)}):** "
+            + ", ".join(f"`{name}`" for name in change_set.failed_tests),
+            "",
+            "SQLMesh builds no plan while tests fail: nothing will be applied. Fix the tests or the "
+            "models and push a new commit.",
+        ]
+        if change_set.test_output:
+            lines += ["", *_fence(change_set.test_output, "text")]
+        return "\n".join(lines) + "\n"
     if not change_set.has_changes:
         lines.append("No changes: the environment already matches this commit. Nothing will be applied.")
         return "\n".join(lines) + "\n"
@@ -226,7 +244,9 @@ def render_sqlmesh_summary(change_set: SqlmeshChangeSet) -> str:
         lines += ["", "No model changes (the environment record itself changes)."]
 
     if change_set.backfills:
-        lines += ["", "**Backfill:**", "", "| model | from | to | mode |", "|---|---|---|---|"]
+        lines += ["", "**Backfill** (as of explain; re-evaluated when the plan executes, so it covers "
+                  "the intervals due then and skips what another environment already built):", "",
+                  "| model | from | to | mode |", "|---|---|---|---|"]
         lines += [
             f"| `{interval.model}` | {interval.start} | {interval.end} | {_label(interval.mode)} |"
             for interval in change_set.backfills[:MAX_MODELS_SHOWN]
@@ -234,9 +254,11 @@ def render_sqlmesh_summary(change_set: SqlmeshChangeSet) -> str:
         if len(change_set.backfills) > MAX_MODELS_SHOWN:
             lines.append(f"| ... {len(change_set.backfills) - MAX_MODELS_SHOWN} more | | | |")
     else:
-        lines += ["", "**Backfill:** none"]
+        lines += ["", "**Backfill:** none as of explain (re-evaluated when the plan executes)"]
 
     for change in change_set.changes:
         if change.diff:
             lines += ["", *_render_diff(change)]
+    lines += ["", f"SQLMesh change-set fingerprint `{change_set.fingerprint[:16]}` (checked by the apply "
+              "step; the plan fingerprint below covers it)"]
     return "\n".join(lines) + "\n"

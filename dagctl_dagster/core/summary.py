@@ -65,8 +65,9 @@ def _render_change_set(spec: PlanSpec) -> list[str]:
 
 
 def _render_approvals(state: PlanState, policy: PolicyResult | None, *, signed: bool) -> list[str]:
-    if policy is None or not policy.is_required:
-        return []  # an unprotected environment needs no approval: nothing to show, nothing missing
+    # An unprotected environment, a no-op or a failed explain needs no approval: nothing to show or miss.
+    if policy is None or not policy.is_required or not state.spec.has_changes:
+        return []
     lines = ["", f"**Approvals:** {len(policy.counted)} counted, {policy.required} required", ""]
     if not policy.counted and not policy.ignored:
         lines.append("- none yet")
@@ -105,7 +106,8 @@ def render_plan_summary(
         "",
         f"{spec.project} -> **{spec.environment}** | {spec.framework.value}{version}",
         "",
-        f"Commits: `{base}` -> `{spec.short_target}` ({spec.commits_ahead} ahead) | "
+        f"Commits: `{base}` -> `{spec.short_target}`"
+        f"{f' ({spec.commits_ahead} ahead)' if spec.base_commit else ''} | "
         f"by {get_plan_authors(spec, people).render() if spec.authors else spec.author} | "
         f"triggered by {spec.triggered_by}",
         "",

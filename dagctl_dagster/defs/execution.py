@@ -95,10 +95,9 @@ def build_execute_steps(runtime: PlanRuntime, project: ProjectConfig, spec: Plan
                      env={**base_env, "DBT_PROFILES_DIR": profiles}, labels=plan_labels(spec))
             for index, argv in enumerate(spec.commands)
         ]
-    from .sqlmesh_plans import build_sqlmesh_apply_argv
+    from .sqlmesh_plans import build_sqlmesh_apply_step
 
-    return [StepSpec(name="execute", argv=build_sqlmesh_apply_argv(project, env, spec, workdir), image=image,
-                     working_dir=workdir, env=base_env, labels=plan_labels(spec))]
+    return [build_sqlmesh_apply_step(project, env, spec, workdir, image, plan_labels(spec))]
 
 
 def execute_plan(context: OpExecutionContext, runtime: PlanRuntime, project: ProjectConfig,
@@ -118,5 +117,9 @@ def execute_plan(context: OpExecutionContext, runtime: PlanRuntime, project: Pro
                 context, step, translator=PlanDbtTranslator(project.name, env.name),
                 target_path=runtime.run_dir(context.run_id) / step.name,
             )
+        elif spec.framework is Framework.SQLMESH:
+            from .sqlmesh_plans import run_sqlmesh_apply_step
+
+            yield from run_sqlmesh_apply_step(context, spec, step)
         else:
             yield from run_pipes_step(context, step)

@@ -107,6 +107,10 @@ def plan_metadata(spec: PlanSpec) -> dict[str, Any]:
             [change.model_dump(mode="json", exclude={"diff"}) for change in spec.sqlmesh.changes])
         metadata["sqlmesh_backfills"] = MetadataValue.json(
             [interval.model_dump(mode="json") for interval in spec.sqlmesh.backfills])
+        metadata["sqlmesh_change_set_fingerprint"] = spec.sqlmesh.fingerprint
+        if spec.sqlmesh.failed_tests:
+            metadata["sqlmesh_failed_tests"] = MetadataValue.json(list(spec.sqlmesh.failed_tests))
+            metadata["sqlmesh_test_output"] = MetadataValue.text(spec.sqlmesh.test_output or "")
     return metadata
 
 
@@ -214,6 +218,15 @@ def build_plan_ops(runtime: PlanRuntime) -> PlanOps:
         project = project_of(context)
         env = project.get_environment(spec.environment)
         state = get_plan_state(context.instance, spec.plan_id)
+        failed_tests = spec.sqlmesh.failed_tests if spec.sqlmesh is not None else ()
+        if failed_tests:  # no plan exists for this commit: it is failed at explain and never executes
+            reason = (f"SQLMesh unit tests failed: {', '.join(failed_tests)}; fix them and push a new commit "
+                      "(SQLMesh's report is in the plan's summary and in this run's log)")
+            if not detected.is_execution:
+                runtime.record(context, build_status_event(
+                    state, PlanStatus.FAILED, actor=SYSTEM_ACTOR, at=runtime.clock(), reason=reason,
+                    run_id=context.run_id), metadata=plan_metadata(spec), materialize=True)
+            raise _fail(context, f"plan {spec.plan_id} failed at explain: {reason}")
         if not detected.is_execution:
             # The plan's materialization: its change set with the status a reviewer acts on.
             materialized = {"metadata": plan_metadata(spec), "materialize": True}

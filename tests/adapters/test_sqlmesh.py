@@ -8,7 +8,11 @@ One warehouse with the project deployed to `prod` is shared by the read-only sce
 
 from __future__ import annotations
 
+import fcntl
 import shutil
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,7 +27,12 @@ from dagctl_dagster.adapters.sqlmesh import (
     run_sqlmesh,
     run_sqlmesh_janitor,
 )
-from dagctl_dagster.core.errors import DagctlPlanError, DagctlStalePlanError, DagctlStepError
+from dagctl_dagster.core.errors import (
+    DagctlPlanError,
+    DagctlStalePlanError,
+    DagctlStateLockedError,
+    DagctlStepError,
+)
 from dagctl_dagster.core.sqlmesh_plan import BackfillInterval, ModelChange, SqlmeshChangeSet
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sqlmesh_shop"
@@ -114,7 +123,7 @@ class Deployment:
     first_plan: SqlmeshChangeSet
     applied: SqlmeshChangeSet
     log: list[str] = field(default_factory=list)
-    evaluated: list[str] = field(default_factory=list)
+    evaluated: list[BackfillInterval] = field(default_factory=list)
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +135,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
     project = copy_project(root / "project")
     first_plan = warehouse.explain(project)
     log: list[str] = []
-    evaluated: list[str] = []
+    evaluated: list[BackfillInterval] = []
     applied = warehouse.apply(
         project, first_plan.fingerprint, log=log.append, on_model_evaluated=evaluated.append
     )
@@ -164,7 +173,7 @@ def test_apply_builds_every_model_in_duckdb_and_reports_each_once(deployed: Depl
     warehouse = deployed.warehouse
 
     assert deployed.applied == deployed.first_plan
-    assert sorted(deployed.evaluated) == list(MODELS)
+    assert sorted(done.model for done in deployed.evaluated) == list(MODELS)
     assert warehouse.query(
         "SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = 'shop' ORDER BY 1"
     ) == [
@@ -394,12 +403,12 @@ def test_nothing_to_apply_when_the_environment_already_matches(deployed: Deploym
 def test_apply_to_a_virtual_environment_leaves_prod_untouched(deployed: Deployment, tmp_path: Path) -> None:
     project = copy_project(tmp_path / "project", (ORDERS, *NEW_COLUMN))
     prod_before = deployed.warehouse.query("SELECT * FROM shop.orders ORDER BY ALL")
-    evaluated: list[str] = []
+    evaluated: list[BackfillInterval] = []
 
     preview = deployed.warehouse.explain(project, "preview")
     deployed.warehouse.apply(project, preview.fingerprint, "preview", on_model_evaluated=evaluated.append)
 
-    assert evaluated == ["shop.orders"]
+    assert [done.model for done in evaluated] == ["shop.orders"]
     assert deployed.warehouse.query("SELECT DISTINCT category FROM shop__preview.orders ORDER BY 1") == [
         ("accessories",), ("coffee",), ("equipment",), ("tea",)
     ]
@@ -414,7 +423,7 @@ def test_failing_model_fails_the_apply_and_names_the_model(
     )
     plan = fresh_warehouse.explain(project)
     log: list[str] = []
-    evaluated: list[str] = []
+    evaluated: list[BackfillInterval] = []
 
     with pytest.raises(DagctlStepError) as raised:
         fresh_warehouse.apply(project, plan.fingerprint, log=log.append, on_model_evaluated=evaluated.append)
@@ -424,7 +433,7 @@ def test_failing_model_fails_the_apply_and_names_the_model(
         'convert string "n/a" to DECIMAL(18,3). Fix the model and push a new commit, or retry the plan if '
         "the failure was transient."
     )
-    assert evaluated == ["shop.products"]
+    assert [done.model for done in evaluated] == ["shop.products"]
     assert log[4:7] == [
         "shop.orders [2024-03-01 - 2024-03-07] failed",
         "Evaluation failed.",
@@ -440,7 +449,7 @@ def test_run_evaluates_the_intervals_due_since_the_deployment(
     project = copy_project(tmp_path / "project")
     fresh_warehouse.deploy(project)
     log: list[str] = []
-    evaluated: list[str] = []
+    evaluated: list[BackfillInterval] = []
 
     with fresh_warehouse.active():
         run_sqlmesh(
@@ -449,7 +458,7 @@ def test_run_evaluates_the_intervals_due_since_the_deployment(
         run_sqlmesh_janitor(project, log=log.append)
 
     # A seed only changes with its file: `run` leaves it alone.
-    assert sorted(evaluated) == ["shop.category_revenue", "shop.daily_revenue", "shop.orders"]
+    assert sorted(done.model for done in evaluated) == ["shop.category_revenue", "shop.daily_revenue", "shop.orders"]
     assert fresh_warehouse.query("SELECT MAX(order_date)::TEXT, COUNT(*) FROM shop.orders") == [
         ("2024-03-09", 45)
     ]
@@ -463,3 +472,141 @@ def test_run_of_a_missing_environment_fails(deployed: Deployment, tmp_path: Path
         run_sqlmesh(project, "staging")
 
     assert str(raised.value) == "sqlmesh run staging failed: Environment 'staging' was not found."
+
+
+DAILY_REVENUE = "models/daily_revenue.sql"
+DOUBLED_REVENUE = (
+    "SUM(orders.quantity * orders.unit_price) AS revenue",
+    "SUM(orders.quantity * orders.unit_price) * 2 AS revenue",
+)
+
+
+def test_failing_unit_test_gives_no_plan_but_the_test_and_sqlmesh_row_diff(
+    deployed: Deployment, tmp_path: Path
+) -> None:
+    project = copy_project(tmp_path / "project", (DAILY_REVENUE, *DOUBLED_REVENUE))
+    log: list[str] = []
+
+    with deployed.warehouse.active():
+        change_set = explain_sqlmesh_plan(project, "prod", execution_time=NOW, log=log.append)
+
+    assert (change_set.has_changes, change_set.changes, change_set.failed_tests) == (
+        False, (), ("tests/test_daily_revenue.yaml::test_daily_revenue_sums_all_products",)
+    )
+    assert change_set.base_plan_id == deployed.warehouse.plan_id("prod")
+    output = change_set.test_output or ""
+    assert "FAIL: test_daily_revenue_sums_all_products" in output
+    # SQLMesh's own row diff: expected 28.2 and 12.5, actual twice that.
+    assert [row.split()[1:] for row in output.splitlines() if row.startswith("│")] == [
+        ["0", "│", "28.2", "│", "56.4", "│"], ["1", "│", "12.5", "│", "25.0", "│"],
+    ]
+    assert "FAIL: test_daily_revenue_sums_all_products" in "\n".join(log)
+
+
+def test_backfill_done_by_another_environment_is_not_redone_and_the_apply_says_so(
+    fresh_warehouse: Warehouse, tmp_path: Path
+) -> None:
+    fresh_warehouse.deploy(copy_project(tmp_path / "base"))
+    project = copy_project(tmp_path / "project", (ORDERS, *NEW_COLUMN))
+    prod_plan = fresh_warehouse.explain(project, "prod")
+    assert [interval.model for interval in prod_plan.backfills] == ["shop.orders"]
+    fresh_warehouse.deploy(project, "dev")  # dev builds the same snapshot meanwhile
+    log: list[str] = []
+
+    fresh_warehouse.apply(project, prod_plan.fingerprint, "prod", log=log.append)
+
+    assert "SKIP: No physical layer updates to perform" in log
+    assert not [line for line in log if "failed" in line.lower()]
+    assert log[-2] == "Backfilled at execution: nothing."
+
+
+def hold_database(path: Path) -> subprocess.Popen[str]:
+    """Another process (not a dagctl step) with DuckDB's write lock on `path`, until its stdin closes."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys; c = duckdb.connect(sys.argv[1]); print('held', flush=True); "
+         "sys.stdin.read()", str(path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    return holder
+
+
+def test_a_database_held_by_another_process_is_reported_as_a_lock_conflict(
+    deployed: Deployment, tmp_path: Path
+) -> None:
+    state = deployed.warehouse.dir / "sqlmesh_shop_state.duckdb"
+    holder = hold_database(state)
+    try:
+        with pytest.raises(DagctlStateLockedError) as raised:
+            deployed.warehouse.explain(copy_project(tmp_path / "project"))
+    finally:
+        holder.communicate("")
+
+    message = str(raised.value)
+    assert message.startswith(f'SQLMesh cannot open its DuckDB database: IO Error: Could not set lock on file "{state}"')
+    assert f"(PID {holder.pid})" in message
+    assert "`dagctl plans retry <plan id>`" in message and "Postgres" in message
+
+
+def test_steps_that_share_a_database_wait_for_each_other_across_environments(
+    deployed: Deployment, tmp_path: Path
+) -> None:
+    project = copy_project(tmp_path / "project", (ORDERS, *NEW_COLUMN))
+    lock_file = deployed.warehouse.dir / "sqlmesh_shop_state.duckdb.dagctl-lock"
+    waiting = threading.Event()
+    log: list[str] = []
+    result: list[SqlmeshChangeSet] = []
+
+    def record(line: str) -> None:
+        log.append(line)
+        if line.startswith("Waiting for"):
+            waiting.set()
+
+    def explain_dev() -> None:
+        with deployed.warehouse.active():
+            result.append(explain_sqlmesh_plan(project, "dev", execution_time=NOW, log=record))
+
+    with open(lock_file, "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # what a prod step of the same project holds while it runs
+        held.truncate(0)
+        held.write("apply prod (pid 4242)\n")
+        held.flush()
+        dev = threading.Thread(target=explain_dev)
+        dev.start()
+        assert waiting.wait(timeout=120), log
+        assert dev.is_alive() and result == []
+        fcntl.flock(held, fcntl.LOCK_UN)
+    dev.join()
+
+    assert log[0] == (
+        f"Waiting for {lock_file.with_suffix('')}: apply prod (pid 4242) is using it (DuckDB allows one "
+        "writer at a time, so SQLMesh steps that share this database run one after the other)."
+    )
+    assert [change.name for change in result[0].changes_of("directly_modified")] == ["shop.orders"]
+
+
+def test_sqlmesh_init_template_with_a_broken_unit_test_names_it_and_the_fix_plans(tmp_path: Path) -> None:
+    """SQLMesh's own `init duckdb` template, its `db.db` pointed outside the project as docs/sqlmesh.md says."""
+    project = tmp_path / "template"
+    project.mkdir()
+    sqlmesh = Path(sys.executable).parent / "sqlmesh"
+    subprocess.run([str(sqlmesh), "init", "duckdb"], cwd=project, check=True, capture_output=True)
+    full_model = project / "models" / "full_model.sql"
+    good = full_model.read_text()
+    full_model.write_text(good.replace("COUNT(DISTINCT id) AS num_orders", "COUNT(DISTINCT id) + 1 AS num_orders"))
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SQLMESH__GATEWAYS__DUCKDB__CONNECTION__DATABASE", str(tmp_path / "db.db"))
+        patch.setenv("SQLMESH__GATEWAYS__DUCKDB__STATE_CONNECTION__TYPE", "duckdb")
+        patch.setenv("SQLMESH__GATEWAYS__DUCKDB__STATE_CONNECTION__DATABASE", str(tmp_path / "state.duckdb"))
+        broken = explain_sqlmesh_plan(project, "prod")
+        full_model.write_text(good)
+        fixed = explain_sqlmesh_plan(project, "prod")
+
+    assert (broken.has_changes, broken.failed_tests) == (False, ("tests/test_full_model.yaml::test_example_full_model",))
+    assert "FAIL: test_example_full_model" in (broken.test_output or "")
+    assert (fixed.has_changes, fixed.failed_tests, len(fixed.changes_of("added"))) == (True, (), 3)
+    assert not (project / "db.db").exists()
+    assert {"db.db.dagctl-lock", "state.duckdb", "state.duckdb.dagctl-lock"} <= {
+        path.name for path in tmp_path.iterdir()
+    }

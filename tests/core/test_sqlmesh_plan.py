@@ -140,7 +140,9 @@ def test_asset_key_flattens_the_model_name(project: str, model: str, key: tuple[
 
 
 def test_summary_of_a_breaking_change(make_change_set) -> None:
-    assert render_sqlmesh_summary(make_change_set()) == (
+    change_set = make_change_set()
+
+    assert render_sqlmesh_summary(change_set) == (
         f"**SQLMesh plan for `prod`** (base: SQLMesh plan `{BASE}`)\n"
         "\n"
         "1 directly modified · 1 indirectly modified · 2 models to backfill\n"
@@ -150,7 +152,8 @@ def test_summary_of_a_breaking_change(make_change_set) -> None:
         "| `shop.daily_revenue` | indirectly modified (from `shop.orders`) | indirect breaking |\n"
         "| `shop.orders` | directly modified | breaking |\n"
         "\n"
-        "**Backfill:**\n"
+        "**Backfill** (as of explain; re-evaluated when the plan executes, so it covers the intervals due "
+        "then and skips what another environment already built):\n"
         "\n"
         "| model | from | to | mode |\n"
         "|---|---|---|---|\n"
@@ -165,6 +168,9 @@ def test_summary_of_a_breaking_change(make_change_set) -> None:
         "```\n"
         "\n"
         "</details>\n"
+        "\n"
+        f"SQLMesh change-set fingerprint `{change_set.fingerprint[:16]}` (checked by the apply step; the plan "
+        "fingerprint below covers it)\n"
     )
 
 
@@ -198,7 +204,10 @@ def test_summary_of_a_new_environment_with_removal_and_forward_only_change(
         "| `shop.legacy` | removed |  |\n"
         "| `shop.orders` | directly modified | non breaking, forward-only |\n"
         "\n"
-        "**Backfill:** none\n"
+        "**Backfill:** none as of explain (re-evaluated when the plan executes)\n"
+        "\n"
+        f"SQLMesh change-set fingerprint `{change_set.fingerprint[:16]}` (checked by the apply step; the plan "
+        "fingerprint below covers it)\n"
     )
 
 
@@ -233,3 +242,23 @@ def test_summary_fences_diffs_that_contain_backticks(make_change_set, make_chang
     summary = render_sqlmesh_summary(make_change_set(changes=(make_change(diff=diff),), backfills=()))
 
     assert f"````diff\n{diff}\n````" in summary
+
+
+def test_summary_of_failed_unit_tests_shows_their_names_and_sqlmesh_report(make_change_set) -> None:
+    report = "FAIL: test_daily_revenue\n│ 0 │ 28.2 │ 56.4 │"
+    change_set = make_change_set(has_changes=False, changes=(), backfills=(),
+                                 failed_tests=("tests/test_daily_revenue.yaml::test_daily_revenue",),
+                                 test_output=report)
+
+    assert render_sqlmesh_summary(change_set) == (
+        f"**SQLMesh plan for `prod`** (base: SQLMesh plan `{BASE}`)\n"
+        "\n"
+        "**Unit tests failed (1):** `tests/test_daily_revenue.yaml::test_daily_revenue`\n"
+        "\n"
+        "SQLMesh builds no plan while tests fail: nothing will be applied. Fix the tests or the models and "
+        "push a new commit.\n"
+        "\n"
+        "```text\n"
+        f"{report}\n"
+        "```\n"
+    )

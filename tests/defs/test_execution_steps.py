@@ -88,7 +88,7 @@ def test_sqlmesh_step_in_a_pod_verifies_then_applies_on_a_checkout_of_the_pinned
     checkout = build_checkout(runtime, project, spec)
     assert (checkout.commit, checkout.subdirectory, step.image) == (TARGET, "shop", project.backend.runner_image)
     assert step.argv == ("python", "-m", "dagctl_dagster.runner.sqlmesh_apply", "--project-dir",
-                         checkout.project_dir, "--environment", "prod", "--fingerprint",
+                         checkout.project_dir, "--environment", "prod", "--change-set-fingerprint",
                          spec.sqlmesh.fingerprint, "--project", "shop")
     assert step.working_dir == checkout.project_dir
     pod = build_step_pod(step, project.backend, pod_name="dagctl-step-2", checkout=checkout)

@@ -53,7 +53,7 @@ def test_pipes_apply_reports_one_materialization_per_model(
     monkeypatch.setenv("DAGCTL_PROJECT", "shop")
 
     code = main(
-        ["--project-dir", str(project), "--environment", "prod", "--fingerprint", change_set.fingerprint]
+        ["--project-dir", str(project), "--environment", "prod", "--change-set-fingerprint", change_set.fingerprint]
     )
 
     messages = [json.loads(line) for line in messages_file.read_text().splitlines()]
@@ -78,7 +78,7 @@ def test_pipes_apply_reports_one_materialization_per_model(
 
 
 def test_stale_fingerprint_exits_3_with_one_line(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["--project-dir", str(project), "--environment", "prod", "--fingerprint", "0" * 64])
+    code = main(["--project-dir", str(project), "--environment", "prod", "--change-set-fingerprint", "0" * 64])
 
     err = capsys.readouterr().err
     assert code == EXIT_STALE
