@@ -7,13 +7,13 @@ subprocesses) or the Kubernetes backend (Kaniko and pods through dagster-k8s).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from dagster import OpExecutionContext
 
-from ..core.config import KubernetesBackendConfig, ProjectConfig
+from ..core.config import EnvironmentConfig, KubernetesBackendConfig, ProjectConfig
 from ..core.errors import DagctlStepError
 from ..core.lifecycle import EventKind, PlanEvent
 from ..core.plan import Framework, PlanSpec
@@ -21,6 +21,7 @@ from ..core.policy import SYSTEM_ACTOR
 from ..core.steps import StepSpec
 from .local_backend import PlanDbtTranslator, run_dbt_step, run_pipes_step
 from .runtime import PlanRuntime
+from .store import get_plan_state
 
 SNAPSHOT_PREFIX = "snapshot:"
 
@@ -73,6 +74,22 @@ def build_checkout(runtime: PlanRuntime, project: ProjectConfig, spec: PlanSpec)
     return GitCheckout(runtime.repository_url(project), spec.target_commit, project.subdirectory)
 
 
+def build_step_env_fields(project: ProjectConfig, env: EnvironmentConfig,
+                          technical: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The `env`, `pass_env` and `secret_env` of a `StepSpec` of environment `env`: what the deployment
+    config declares for it (`project.step_env_for(env)`), plus `technical` variables of our own
+    (`DAGCTL_PROJECT`, `DBT_PROFILES_DIR`...), which win over a declared value of the same name.
+
+    Every step of every backend (explain, execute, schedules) builds its spec this way: a step gets
+    nothing else, and a dev step never sees what only prod declares.
+
+    Example: `StepSpec(name="recurring", argv=argv, **build_step_env_fields(project, env, {"A": "1"}))`.
+    """
+    declared = project.step_env_for(env)
+    return {"env": {**declared.env, **(technical or {})}, "pass_env": declared.pass_env,
+            "secret_env": declared.secret_env}
+
+
 def build_execute_steps(runtime: PlanRuntime, project: ProjectConfig, spec: PlanSpec,
                         artifact: str) -> list[StepSpec]:
     """The steps `execute` runs: one per dbt command, or SQLMesh's verify-then-apply entrypoint."""
@@ -90,15 +107,16 @@ def build_execute_steps(runtime: PlanRuntime, project: ProjectConfig, spec: Plan
     base_env = {"DAGCTL_PROJECT": project.name, "DAGCTL_ENVIRONMENT": env.name}
     if spec.framework is Framework.DBT:
         profiles = "/app" if in_cluster else str(runtime.profiles_dir(project, Path(workdir)))
+        fields = build_step_env_fields(project, env, {**base_env, "DBT_PROFILES_DIR": profiles})
         return [
             StepSpec(name=f"execute-{index}", argv=argv, image=image, working_dir=workdir,
-                     env={**base_env, "DBT_PROFILES_DIR": profiles}, labels=plan_labels(spec))
+                     labels=plan_labels(spec), **fields)
             for index, argv in enumerate(spec.commands)
         ]
     from .sqlmesh_plans import build_sqlmesh_apply_argv
 
     return [StepSpec(name="execute", argv=build_sqlmesh_apply_argv(project, env, spec, workdir), image=image,
-                     working_dir=workdir, env=base_env, labels=plan_labels(spec))]
+                     working_dir=workdir, labels=plan_labels(spec), **build_step_env_fields(project, env, base_env))]
 
 
 def execute_plan(context: OpExecutionContext, runtime: PlanRuntime, project: ProjectConfig,
@@ -106,6 +124,11 @@ def execute_plan(context: OpExecutionContext, runtime: PlanRuntime, project: Pro
     """Runs the plan's steps on its backend, yielding the Dagster events they produce."""
     env = project.get_environment(spec.environment)
     backend = project.backend_for(env)
+    if spec.framework is Framework.DBT and get_plan_state(context.instance, spec.plan_id).retries:
+        # dbt's `retry` would resume from the failed attempt's run_results.json, but an attempt killed
+        # with its run worker never writes one: every attempt runs the whole approved selection.
+        context.log.warning(f"retry of plan {spec.plan_id}: dbt runs every node of the approved commands "
+                            "again, including those the failed attempt already built")
     for step in build_execute_steps(runtime, project, spec, artifact):
         context.log.info(f"running {step.name}: {' '.join(step.argv)}")
         if isinstance(backend, KubernetesBackendConfig):
@@ -119,4 +142,4 @@ def execute_plan(context: OpExecutionContext, runtime: PlanRuntime, project: Pro
                 target_path=runtime.run_dir(context.run_id) / step.name,
             )
         else:
-            yield from run_pipes_step(context, step)
+            yield from run_pipes_step(context, step, work_dir=runtime.run_dir(context.run_id) / step.name)

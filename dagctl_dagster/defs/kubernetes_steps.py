@@ -16,6 +16,7 @@ by tests, built from the backend's credentials otherwise.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -154,7 +155,7 @@ def run_step_in_pod(
     namespace = backend.namespace
     pod_name = build_resource_name("dagctl", step.labels.get(LABEL_PLAN_ID, ""), step.name,
                                    _run_suffix(context))
-    manifest = build_step_pod(step, backend, pod_name=pod_name, checkout=checkout)
+    manifest = build_step_pod(resolve_pass_env(step, os.environ), backend, pod_name=pod_name, checkout=checkout)
     reader = _RunLogMessageReader(on_line=lambda text: context.log.info(f"[{step.name}] {text}"))
     run = _PodRun(context, client, backend, what=f"step '{step.name}'", container=STEP_CONTAINER)
     run.pod_name = pod_name
@@ -186,6 +187,16 @@ def run_step_in_pod(
     _log_reported_results(context, session.get_reported_results())
     if failure is not None:
         raise failure
+
+
+def resolve_pass_env(step: StepSpec, environ: Mapping[str, str]) -> StepSpec:
+    """The step as its pod runs it: the `pass_env` variables copied now from the launching process's
+    environment (a pod cannot read it), skipped when unset. A pod's environment is then exactly the
+    step's `env`, its secret references (`secretKeyRef`) and the backend's declared secrets: nothing of
+    the code location's own environment, not even the local allowlist (the image has its own PATH).
+    """
+    passed = {name: environ[name] for name in step.pass_env if name in environ}
+    return step.model_copy(update={"env": {**passed, **step.env}, "pass_env": ()})
 
 
 def _production_client(context: OpExecutionContext, backend: KubernetesBackendConfig) -> DagsterKubernetesClient:

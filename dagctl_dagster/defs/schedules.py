@@ -24,6 +24,7 @@ from ..core.config import EnvironmentConfig, KubernetesBackendConfig, ProjectCon
 from ..core.errors import DagctlError
 from ..core.lifecycle import PlanState, get_last_completed
 from ..core.steps import StepSpec
+from .execution import build_step_env_fields
 from .local_backend import PlanDbtTranslator, run_command_step, run_dbt_step
 from .runtime import PlanRuntime
 from .store import read_plan_states
@@ -89,7 +90,7 @@ def build_recurring_op(runtime: PlanRuntime):
             yield from run_dbt_step(context, step, translator=PlanDbtTranslator(project.name, env.name),
                                     target_path=runtime.run_dir(context.run_id) / "recurring")
         else:
-            run_command_step(context, step)
+            run_command_step(context, step, work_dir=runtime.run_dir(context.run_id) / "recurring")
 
     def _step(context, project: ProjectConfig, env: EnvironmentConfig, deployed: PlanState,
               argv: tuple[str, ...]) -> StepSpec:
@@ -99,20 +100,21 @@ def build_recurring_op(runtime: PlanRuntime):
         base_env = {"DAGCTL_PROJECT": project.name, "DAGCTL_ENVIRONMENT": env.name}
         if isinstance(backend, KubernetesBackendConfig):
             if project.framework == "dbt":
-                return StepSpec(name="recurring", argv=argv, image=deployed.artifact, working_dir="/app",
-                                env={**base_env, "DBT_PROFILES_DIR": "/app"}, labels=labels)
+                return StepSpec(name="recurring", argv=argv, image=deployed.artifact, working_dir="/app", labels=labels,
+                                **build_step_env_fields(project, env, {**base_env, "DBT_PROFILES_DIR": "/app"}))
             from ..adapters.kubernetes.specs import GitCheckout
 
             checkout = GitCheckout(runtime.repository_url(project), deployed.spec.target_commit,
                                    project.subdirectory)
             return StepSpec(name="recurring", argv=argv, image=backend.runner_image,
-                            working_dir=checkout.project_dir, env=base_env, labels=labels)
+                            working_dir=checkout.project_dir, labels=labels,
+                            **build_step_env_fields(project, env, base_env))
         snapshot = runtime.mirror(project).export_snapshot(
             deployed.spec.target_commit, runtime.snapshot_dir(project, deployed.spec.target_commit),
             subdirectory=project.subdirectory)
         profiles = str(runtime.profiles_dir(project, snapshot))
-        return StepSpec(name="recurring", argv=argv, working_dir=str(snapshot),
-                        env={**base_env, "DBT_PROFILES_DIR": profiles}, labels=labels)
+        return StepSpec(name="recurring", argv=argv, working_dir=str(snapshot), labels=labels,
+                        **build_step_env_fields(project, env, {**base_env, "DBT_PROFILES_DIR": profiles}))
 
     return run_recurring
 

@@ -35,6 +35,7 @@ projects:
   - name: shop
     framework: sqlmesh
     repository: {repo.url}
+    step_env: {{pass_env: [DAGCTL_WAREHOUSE_DIR]}}
     environments:
       - {{name: prod, protected: true, approvers: [alice]}}
       - {{name: hotfix, sqlmesh_environment: prod}}

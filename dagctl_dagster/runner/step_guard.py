@@ -1,0 +1,151 @@
+"""The guard in front of every local step process: a declared environment, and no life after its launcher.
+
+    python -m dagctl_dagster.runner.step_guard --parent PID --keep NAME ... [--keep-prefix P ...]
+        [--record FILE] -- COMMAND [ARGS...]
+
+The guard runs COMMAND with exactly the variables named by `--keep` (and those starting with a
+`--keep-prefix`, e.g. `DAGSTER_PIPES_`) from the environment it was given, and nothing else: a launcher
+that cannot choose its child's environment (dagster-pipes' subprocess client adds the whole environment of
+the run worker) still cannot hand the code location's secrets to project code. COMMAND runs in its own
+process group, so the step's whole process tree can be killed at once:
+
+- when the launcher dies (even by SIGKILL), the kernel signals the guard (Linux `PR_SET_PDEATHSIG`), which
+  kills COMMAND's process group and exits: nothing of the step outlives the run worker;
+- SIGINT and SIGTERM are forwarded to the process group (dagster-dbt forwards a run's cancellation as
+  SIGINT; dbt then stops cleanly);
+- when COMMAND exits, whatever it left running in its group is killed.
+
+`--record FILE` writes `{"argv": [...], "pgid": N, "guard_pid": N}` once COMMAND has started: the exact
+argv the step was started with, and the group a supervisor checks (`is_group_alive`) before it declares
+the step over. The guard exits with COMMAND's exit code (128 + N when a signal N ended it). It imports
+only the standard library and writes nothing to stdout, so COMMAND's output (dbt's JSON log lines) passes
+through untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+
+PR_SET_PDEATHSIG = 1
+EXIT_USAGE = 2
+EXIT_LAUNCHER_GONE = 137
+
+
+def _set_parent_death_signal(sig: int) -> None:
+    """Asks Linux to send `sig` to this process when the thread that started it exits."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+
+
+def _start_child() -> None:
+    """In the child, before exec: its own process group, and killed if the guard dies by SIGKILL."""
+    os.setpgid(0, 0)
+    _set_parent_death_signal(signal.SIGKILL)
+
+
+def kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
+    """Signals every process of the group; a group that is already gone is fine."""
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def is_group_alive(pgid: int) -> bool:
+    """Whether a process of the group still runs (a zombie, which runs nothing, does not count)."""
+    try:
+        entries = os.listdir("/proc")
+    except OSError:  # no procfs: ask the kernel, zombies included
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as file:
+                fields = file.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        # After the command name: state, ppid, pgrp, ...
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+            return True
+    return False
+
+
+def build_guard_argv(argv: Sequence[str], *, keep: Sequence[str], keep_prefixes: Sequence[str] = (),
+                     record: str | None = None, parent: int | None = None) -> list[str]:
+    """The command line that runs `argv` behind the guard, for the launcher process `parent` (default: us).
+
+    Example: `build_guard_argv(["dbt", "build"], keep=["PATH", "HOME"])` ->
+    `[python, "-m", "dagctl_dagster.runner.step_guard", "--parent", "4242", "--keep", "PATH", "--keep",
+    "HOME", "--", "dbt", "build"]`.
+    """
+    guard = [sys.executable, "-m", "dagctl_dagster.runner.step_guard",
+             "--parent", str(parent if parent is not None else os.getpid())]
+    for name in sorted(keep):
+        guard += ["--keep", name]
+    for prefix in keep_prefixes:
+        guard += ["--keep-prefix", prefix]
+    if record:
+        guard += ["--record", record]
+    return [*guard, "--", *argv]
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m dagctl_dagster.runner.step_guard")
+    parser.add_argument("--parent", type=int, required=True, help="pid of the launcher this step dies with")
+    parser.add_argument("--keep", action="append", default=[], help="variable passed to the command")
+    parser.add_argument("--keep-prefix", action="append", default=[], help="prefix of variables passed")
+    parser.add_argument("--record", help="file that receives the started argv and process group")
+    parser.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args(list(argv))
+    if args.command[:1] == ["--"]:
+        args.command = args.command[1:]
+    if not args.command:
+        parser.error("give the command after '--'")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    keep, prefixes = set(args.keep), tuple(args.keep_prefix)
+    environ = {name: value for name, value in os.environ.items() if name in keep or name.startswith(prefixes)}
+    # SIGTERM at the launcher's death; checked right after, in case it died before prctl took effect.
+    _set_parent_death_signal(signal.SIGTERM)
+    if os.getppid() != args.parent:
+        return EXIT_LAUNCHER_GONE
+    try:
+        child = subprocess.Popen(args.command, env=environ, preexec_fn=_start_child)  # noqa: PLW1509
+    except OSError as exc:
+        sys.stderr.write(f"dagctl: cannot start '{args.command[0]}': {exc.strerror}\n")
+        return 127
+
+    def on_signal(signum: int, _frame) -> None:
+        if os.getppid() != args.parent:  # the launcher died: nothing of the step may outlive it
+            kill_group(child.pid)
+            os._exit(EXIT_LAUNCHER_GONE)
+        kill_group(child.pid, signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, on_signal)
+    if args.record:
+        with open(args.record, "w", encoding="utf-8") as file:
+            json.dump({"argv": args.command, "pgid": child.pid, "guard_pid": os.getpid()}, file)
+    code = child.wait()
+    kill_group(child.pid)  # what the command left behind in its group
+    return 128 - code if code < 0 else code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
