@@ -116,7 +116,8 @@ def build_execute_steps(runtime: PlanRuntime, project: ProjectConfig, spec: Plan
     from .sqlmesh_plans import build_sqlmesh_apply_argv
 
     return [StepSpec(name="execute", argv=build_sqlmesh_apply_argv(project, env, spec, workdir), image=image,
-                     working_dir=workdir, labels=plan_labels(spec), **build_step_env_fields(project, env, base_env))]
+                     working_dir=workdir, labels=plan_labels(spec),
+                     **build_step_env_fields(project, env, base_env))]
 
 
 def execute_plan(context: OpExecutionContext, runtime: PlanRuntime, project: ProjectConfig,

@@ -100,7 +100,8 @@ def build_recurring_op(runtime: PlanRuntime):
         base_env = {"DAGCTL_PROJECT": project.name, "DAGCTL_ENVIRONMENT": env.name}
         if isinstance(backend, KubernetesBackendConfig):
             if project.framework == "dbt":
-                return StepSpec(name="recurring", argv=argv, image=deployed.artifact, working_dir="/app", labels=labels,
+                return StepSpec(name="recurring", argv=argv, image=deployed.artifact, working_dir="/app",
+                                labels=labels,
                                 **build_step_env_fields(project, env, {**base_env, "DBT_PROFILES_DIR": "/app"}))
             from ..adapters.kubernetes.specs import GitCheckout
 
