@@ -30,6 +30,7 @@ from ..core.config import EnvironmentConfig, ProjectConfig
 from ..core.errors import DagctlError
 from ..core.lifecycle import PlanState, PlanStatus, build_status_event, get_last_completed
 from ..core.policy import SYSTEM_ACTOR, evaluate_policy
+from .local_backend import stop_run_steps
 from .runtime import PlanRuntime
 from ..core.plan import split_plan_id
 from .store import read_plan_states
@@ -166,7 +167,10 @@ def mark_dead_run(runtime: PlanRuntime, instance, run, what: str) -> bool:
         return False
     if state is None or state.status is not PlanStatus.RUNNING:
         return False
+    # `failed` only once nothing of the execution runs: local step processes left behind are killed first.
+    stopped = stop_run_steps(runtime.run_dir(run.run_id))
+    left = f"; its step(s) {', '.join(stopped)} still ran and were killed" if stopped else ""
     runtime.record(instance, build_status_event(
         state, PlanStatus.FAILED, actor=SYSTEM_ACTOR, at=runtime.clock(), run_id=run.run_id,
-        reason=f"run {run.run_id[:8]} {what} before the plan finished (e.g. the run worker died)"))
+        reason=f"run {run.run_id[:8]} {what} before the plan finished (e.g. the run worker died){left}"))
     return True

@@ -25,17 +25,18 @@ through untouched.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import os
 import signal
-import subprocess
 import sys
 from collections.abc import Sequence
 
 PR_SET_PDEATHSIG = 1
 EXIT_USAGE = 2
 EXIT_LAUNCHER_GONE = 137
+EXIT_NOT_FOUND = 127
 
 
 def _set_parent_death_signal(sig: int) -> None:
@@ -43,12 +44,6 @@ def _set_parent_death_signal(sig: int) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-
-
-def _start_child() -> None:
-    """In the child, before exec: its own process group, and killed if the guard dies by SIGKILL."""
-    os.setpgid(0, 0)
-    _set_parent_death_signal(signal.SIGKILL)
 
 
 def kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
@@ -125,26 +120,62 @@ def main(argv: Sequence[str] | None = None) -> int:
     _set_parent_death_signal(signal.SIGTERM)
     if os.getppid() != args.parent:
         return EXIT_LAUNCHER_GONE
-    try:
-        child = subprocess.Popen(args.command, env=environ, preexec_fn=_start_child)  # noqa: PLW1509
-    except OSError as exc:
-        sys.stderr.write(f"dagctl: cannot start '{args.command[0]}': {exc.strerror}\n")
-        return 127
+    child = _Child()
 
     def on_signal(signum: int, _frame) -> None:
         if os.getppid() != args.parent:  # the launcher died: nothing of the step may outlive it
-            kill_group(child.pid)
+            if child.pid:
+                kill_group(child.pid)
             os._exit(EXIT_LAUNCHER_GONE)
-        kill_group(child.pid, signum)
+        if child.pid:
+            kill_group(child.pid, signum)
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, on_signal)
-    if args.record:
-        with open(args.record, "w", encoding="utf-8") as file:
-            json.dump({"argv": args.command, "pgid": child.pid, "guard_pid": os.getpid()}, file)
+    release, hold = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        _exec_child(args.command, environ, release, hold)
+    with contextlib.suppress(OSError):  # also here: the child may not have run yet
+        os.setpgid(pid, pid)
+    child.pid = pid
+    os.close(release)
+    try:
+        if args.record:
+            with open(args.record, "w", encoding="utf-8") as file:
+                json.dump({"argv": args.command, "pgid": child.pid, "guard_pid": os.getpid()}, file)
+    finally:
+        os.close(hold)  # the command starts now
     code = child.wait()
     kill_group(child.pid)  # what the command left behind in its group
-    return 128 - code if code < 0 else code
+    return code
+
+
+class _Child:
+    pid = 0
+
+    def wait(self) -> int:
+        """The command's exit code, 128 + N if signal N ended it (interrupted waits are resumed)."""
+        _, status = os.waitpid(self.pid, 0)
+        return os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+
+
+def _exec_child(command: Sequence[str], environ: dict[str, str], release: int, hold: int) -> None:
+    """In the forked child: its own process group, killed if the guard dies (even by SIGKILL), held until
+    the guard has recorded it (a started command is always on record), then replaced by the command."""
+    try:
+        os.close(hold)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_DFL)
+        os.setpgid(0, 0)
+        _set_parent_death_signal(signal.SIGKILL)
+        os.read(release, 1)
+        os.close(release)
+        os.execvpe(command[0], list(command), environ)
+    except OSError as exc:
+        os.write(2, f"dagctl: cannot start '{command[0]}': {exc.strerror}\n".encode())
+    finally:
+        os._exit(EXIT_NOT_FOUND)
 
 
 if __name__ == "__main__":
