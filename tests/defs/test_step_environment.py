@@ -193,3 +193,22 @@ def test_dbt_is_started_with_exactly_the_approved_argv_and_builds_exactly_the_se
     built = {result["unique_id"] for result in run_results["results"]}
     assert built == {f"model.probe.m{index:02}" for index in range(changed)}
     assert built_models(result) == {f"m{index:02}" for index in range(changed)}
+
+
+def test_a_broken_dbt_project_yml_fails_the_plan_with_dbts_whole_error_block(probe: ProbeDeployment) -> None:
+    original = probe.repo.read("dbt_project.yml")
+    probe.versions += 1
+    probe.repo.commit("Break dbt_project.yml", {
+        "dbt_project.yml": original + "   broken: [\n", ".dagctl/config.yaml": f'version: "{probe.versions}"\n'})
+    try:
+        result, plan = probe.launch_plan("dev")
+    finally:
+        probe.repo.commit("Fix dbt_project.yml", {"dbt_project.yml": original})
+
+    assert not result.success and plan.status is PlanStatus.FAILED
+    reason = plan.reason.removeprefix("`dbt build --target dev` failed: ")
+    lines = reason.splitlines()
+    assert lines[:3] == ["Encountered an error:", "Runtime Error", "  Syntax error near line 9"]
+    assert "  9  |    broken: [" in lines  # the offending line, as dbt shows it
+    assert "  did not find expected key" in lines
+    assert lines[-1] == '    in "<unicode string>", line 9, column 4'
