@@ -2,26 +2,29 @@
 
 Both phases are expressed as `StepSpec` values first (the same argv everywhere), then handed to the
 backend: the local backend (snapshots on disk, dbt through dagster-dbt, other steps as dagster-pipes
-subprocesses) or the Kubernetes backend (Kaniko and pods through dagster-k8s).
+subprocesses) or the Kubernetes backend (Kaniko and pods through dagster-k8s). Every step's environment
+is what the deployment config declares for its environment (`build_step_env_fields`), nothing else.
+Each local `build` also deletes the snapshots no plan needs any more (`clean_snapshots`).
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from dagster import OpExecutionContext
+from dagster import DagsterInstance, OpExecutionContext
 
 from ..core.config import EnvironmentConfig, KubernetesBackendConfig, ProjectConfig
 from ..core.errors import DagctlStepError
-from ..core.lifecycle import EventKind, PlanEvent
+from ..core.lifecycle import EventKind, PlanEvent, PlanStatus, get_last_completed
 from ..core.plan import Framework, PlanSpec
 from ..core.policy import SYSTEM_ACTOR
 from ..core.steps import StepSpec
 from .local_backend import PlanDbtTranslator, run_dbt_step, run_pipes_step
 from .runtime import PlanRuntime
-from .store import get_plan_state
+from .store import get_plan_state, read_plan_states
 
 SNAPSHOT_PREFIX = "snapshot:"
 
@@ -55,10 +58,48 @@ def build_artifact(context: OpExecutionContext, runtime: PlanRuntime, project: P
         tree = mirror.tree_id(spec.target_commit, project.subdirectory)
         context.log.info(f"snapshot of {spec.target_commit[:12]} at {snapshot} (content hash {tree})")
         artifact = f"{SNAPSHOT_PREFIX}{snapshot}#{tree}"
+        removed = clean_snapshots(context.instance, runtime, project)
+        if removed:
+            context.log.info(f"removed {len(removed)} snapshot(s) no plan needs any more: "
+                             + ", ".join(commit[:12] for commit in removed))
     runtime.record(context, PlanEvent(
         plan_id=spec.plan_id, kind=EventKind.BUILT, at=runtime.clock(), actor=SYSTEM_ACTOR,
         artifact=artifact, run_id=context.run_id, reason="artifact built"))
     return artifact
+
+
+# Plans whose snapshot stays on disk: they may still be explained, built or executed.
+SNAPSHOT_KEEPING_STATUSES = frozenset({
+    PlanStatus.EXPLAINING, PlanStatus.PENDING, PlanStatus.APPROVED, PlanStatus.RUNNING})
+
+
+def clean_snapshots(instance: DagsterInstance, runtime: PlanRuntime, project: ProjectConfig) -> list[str]:
+    """Deletes the project's snapshots (`storage_dir/snapshots/<project>/<commit>`) that no plan needs.
+
+    Kept: the target commits of plans that are explaining, pending, approved or running, and of each
+    environment's deployed plan (its last completed one, which schedules run on). Deleted: the snapshots
+    of commits whose plans are all finished otherwise (completed and since replaced, failed, rejected,
+    cancelled; a retry exports its snapshot again). A folder that is no recorded plan's commit is left
+    alone: a plan being explained right now may be writing it. Returns the deleted commits.
+
+    Example: called by `build` on the local backend, after the plan's own snapshot is made.
+    """
+    kept: set[str] = set()
+    known: set[str] = set()
+    for env in project.environments:
+        states = list(read_plan_states(instance, project.name, env.name).values())
+        known |= {state.spec.target_commit for state in states}
+        kept |= {state.spec.target_commit for state in states if state.status in SNAPSHOT_KEEPING_STATUSES}
+        deployed = get_last_completed(states)
+        if deployed is not None:
+            kept.add(deployed.spec.target_commit)
+    folder = runtime.snapshot_dir(project, "-").parent
+    removed = []
+    for snapshot in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if snapshot.name in known and snapshot.name not in kept:
+            shutil.rmtree(snapshot, ignore_errors=True)
+            removed.append(snapshot.name)
+    return removed
 
 
 def snapshot_path(artifact: str) -> Path:
