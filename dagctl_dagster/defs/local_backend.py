@@ -41,7 +41,7 @@ from dagster_dbt.core.dbt_cli_event import DbtCoreCliEventMessage
 
 from ..core.errors import DagctlStepError
 from ..core.steps import StepSpec, build_process_env
-from ..runner.step_guard import build_guard_argv, is_group_alive, kill_group
+from ..runner.step_guard import build_guard_argv, get_start_time, is_group_alive, is_running, kill_group
 
 # Output of the last lines of a failed dbt run kept in the error message.
 TAIL_LINES = 20
@@ -93,14 +93,18 @@ def read_step_record(work_dir: Path) -> dict[str, Any] | None:
 def stop_step(work_dir: Path) -> bool:
     """Kills what is left of the step that worked in `work_dir` (its guard and process group).
 
-    Returns whether anything of it was still running. Safe to call for a step that ended or never started.
+    Returns whether anything of it was still running. Safe to call for a step that ended or never started;
+    a pid the system has since given to another process is left alone (start times are compared).
     """
     record = read_step_record(work_dir)
     if record is None:
         return False
-    alive = is_group_alive(record["pgid"]) or _is_running(record["guard_pid"])
-    kill_group(record["pgid"])
-    if _is_running(record["guard_pid"]):
+    group = _own_group(record)
+    guard_alive = is_running(record["guard_pid"], record.get("guard_start"))
+    alive = guard_alive or (group is not None and is_group_alive(group))
+    if group is not None:
+        kill_group(group)
+    if guard_alive:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(record["guard_pid"], signal.SIGKILL)
     return alive
@@ -120,21 +124,22 @@ def stop_run_steps(run_dir: Path, *, timeout: float = 30.0) -> list[str]:
             stopped.append(record.parent.name)
     deadline = time.monotonic() + timeout
     for record in records:
-        pgid = (read_step_record(record.parent) or {}).get("pgid")
-        while pgid and is_group_alive(pgid):
+        group = _own_group(read_step_record(record.parent) or {})
+        while group is not None and is_group_alive(group):
             if time.monotonic() > deadline:
-                raise DagctlStepError(f"step '{record.parent.name}' (process group {pgid}) still runs after "
-                                      f"SIGKILL; stop it by hand: kill -9 -- -{pgid}")
+                raise DagctlStepError(f"step '{record.parent.name}' (process group {group}) still runs after "
+                                      f"SIGKILL; stop it by hand: kill -9 -- -{group}")
             time.sleep(0.05)
     return stopped
 
 
-def _is_running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as file:
-            return file.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
+def _own_group(record: Mapping[str, Any]) -> int | None:
+    """The step's process group, unless its id now belongs to a group another process leads."""
+    pgid = record.get("pgid")
+    if not pgid:
+        return None
+    leader_start = get_start_time(pgid)
+    return pgid if leader_start is None or leader_start == record.get("pgid_start") else None
 
 
 @contextlib.contextmanager

@@ -15,9 +15,9 @@ process group, so the step's whole process tree can be killed at once:
   SIGINT; dbt then stops cleanly);
 - when COMMAND exits, whatever it left running in its group is killed.
 
-`--record FILE` writes `{"argv": [...], "pgid": N, "guard_pid": N}` once COMMAND has started: the exact
-argv the step was started with, and the group a supervisor checks (`is_group_alive`) before it declares
-the step over. The guard exits with COMMAND's exit code (128 + N when a signal N ended it). It imports
+`--record FILE` writes `{"argv": [...], "pgid": N, "guard_pid": N, ...start times}` before COMMAND starts:
+the exact argv the step was started with, and the group a supervisor checks (`is_group_alive`) before it
+declares the step over (the start times tell a reused pid from the step's own). The guard exits with COMMAND's exit code (128 + N when a signal N ended it). It imports
 only the standard library and writes nothing to stdout, so COMMAND's output (dbt's JSON log lines) passes
 through untouched.
 """
@@ -44,6 +44,26 @@ def _set_parent_death_signal(sig: int) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+
+
+def get_start_time(pid: int) -> str | None:
+    """When process `pid` started (clock ticks since boot), or None if there is no such process: with
+    the pid, it names one process for good, where a pid alone may be reused by another."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as file:
+            return file.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def is_running(pid: int, start_time: str | None) -> bool:
+    """Whether the process that started at `start_time` as `pid` still runs (not a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as file:
+            fields = file.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return len(fields) > 19 and fields[19] == start_time and fields[0] != "Z"
 
 
 def kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
@@ -143,7 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.record:
             with open(args.record, "w", encoding="utf-8") as file:
-                json.dump({"argv": args.command, "pgid": child.pid, "guard_pid": os.getpid()}, file)
+                json.dump({"argv": args.command, "pgid": child.pid, "guard_pid": os.getpid(),
+                           "pgid_start": get_start_time(child.pid), "guard_start": get_start_time(os.getpid())},
+                          file)
     finally:
         os.close(hold)  # the command starts now
     code = child.wait()

@@ -114,3 +114,20 @@ def test_a_dead_runs_plan_is_failed_only_once_its_leftover_step_processes_are_ki
         guard.kill()
         guard.wait()
 
+
+
+def test_a_record_whose_pids_now_belong_to_other_processes_kills_nothing(tmp_path: Path) -> None:
+    # A process group that is not the step's: same ids as in the (old) record, another start time.
+    other = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    try:
+        step_dir = tmp_path / "runs" / "r1" / "execute-0"
+        step_dir.mkdir(parents=True)
+        (step_dir / STEP_RECORD).write_text(json.dumps({
+            "argv": ["dbt", "build"], "pgid": other.pid, "guard_pid": other.pid,
+            "pgid_start": "1", "guard_start": "1"}))
+
+        assert stop_run_steps(tmp_path / "runs" / "r1") == []
+        assert other.poll() is None and is_group_alive(other.pid)
+    finally:
+        other.kill()
+        other.wait()
