@@ -17,9 +17,13 @@ process group, so the step's whole process tree can be killed at once:
 
 `--record FILE` writes `{"argv": [...], "pgid": N, "guard_pid": N, ...start times}` before COMMAND starts:
 the exact argv the step was started with, and the group a supervisor checks (`is_group_alive`) before it
-declares the step over (the start times tell a reused pid from the step's own). The guard exits with COMMAND's exit code (128 + N when a signal N ended it). It imports
-only the standard library and writes nothing to stdout, so COMMAND's output (dbt's JSON log lines) passes
-through untouched.
+declares the step over (the start times tell a reused pid from the step's own). The guard exits with
+COMMAND's exit code (128 + N when a signal N ended it). It imports only the standard library and writes
+nothing to stdout, so COMMAND's output (dbt's JSON log lines) passes through untouched.
+
+Linux only (`prctl`, `/proc`). The launcher must start the guard from a thread that lives as long as the
+step (the kernel signals the guard when that thread ends): the backends wait for their steps in the
+thread that started them.
 """
 
 from __future__ import annotations
@@ -34,7 +38,6 @@ import sys
 from collections.abc import Sequence
 
 PR_SET_PDEATHSIG = 1
-EXIT_USAGE = 2
 EXIT_LAUNCHER_GONE = 137
 EXIT_NOT_FOUND = 127
 
