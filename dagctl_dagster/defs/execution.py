@@ -22,8 +22,8 @@ from ..core.lifecycle import EventKind, PlanEvent, PlanStatus, get_last_complete
 from ..core.plan import Framework, PlanSpec
 from ..core.policy import SYSTEM_ACTOR
 from ..core.steps import StepSpec
-from .local_backend import PlanDbtTranslator, run_dbt_step, run_pipes_step
-from .runtime import PlanRuntime
+from .local_backend import PlanDbtTranslator, run_dbt_step, run_pipes_step, stop_run_steps
+from .runtime import PlanRuntime, project_env
 from .store import get_plan_state, read_plan_states
 
 SNAPSHOT_PREFIX = "snapshot:"
@@ -100,6 +100,21 @@ def clean_snapshots(instance: DagsterInstance, runtime: PlanRuntime, project: Pr
             shutil.rmtree(snapshot, ignore_errors=True)
             removed.append(snapshot.name)
     return removed
+
+
+def stop_run_steps_of(runtime: PlanRuntime, plan_id: str, run_id: str) -> list[str]:
+    """Stops what a dead run of `plan_id` left running: its local step processes, or its step pods.
+
+    Returns the names of what was still running. The run failure sensor calls it before it records the
+    plan `failed`, so a failed plan never has work still running behind it.
+    """
+    project, env = project_env(runtime, plan_id)
+    backend = project.backend_for(env)
+    if isinstance(backend, KubernetesBackendConfig):
+        from .kubernetes_steps import delete_run_pods
+
+        return delete_run_pods(backend, plan_id=plan_id, run_id=run_id)
+    return stop_run_steps(runtime.run_dir(run_id))
 
 
 def snapshot_path(artifact: str) -> Path:

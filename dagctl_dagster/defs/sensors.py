@@ -30,7 +30,7 @@ from ..core.config import EnvironmentConfig, ProjectConfig
 from ..core.errors import DagctlError
 from ..core.lifecycle import PlanState, PlanStatus, build_status_event, get_last_completed
 from ..core.policy import SYSTEM_ACTOR, evaluate_policy
-from .local_backend import stop_run_steps
+from .execution import stop_run_steps_of
 from .runtime import PlanRuntime
 from ..core.plan import split_plan_id
 from .store import read_plan_states
@@ -167,8 +167,8 @@ def mark_dead_run(runtime: PlanRuntime, instance, run, what: str) -> bool:
         return False
     if state is None or state.status is not PlanStatus.RUNNING:
         return False
-    # `failed` only once nothing of the execution runs: local step processes left behind are killed first.
-    stopped = stop_run_steps(runtime.run_dir(run.run_id))
+    # `failed` only once nothing of the execution runs: step processes or pods left behind are stopped first.
+    stopped = stop_run_steps_of(runtime, plan_id, run.run_id)
     left = f"; its step(s) {', '.join(stopped)} still ran and were killed" if stopped else ""
     runtime.record(instance, build_status_event(
         state, PlanStatus.FAILED, actor=SYSTEM_ACTOR, at=runtime.clock(), run_id=run.run_id,

@@ -1,4 +1,5 @@
-"""A step's pod gets exactly its declared environment: nothing of the code location's.
+"""A step's pod gets exactly its declared environment, nothing of the code location's; a dead run's pods
+are deleted.
 
 The execute steps of a dbt plan on the Kubernetes backend are built from a deployment config with
 `step_env`, then run by `run_step_in_pod` in a real Dagster run against a cluster faked at the client
@@ -16,12 +17,13 @@ from adapters.kubernetes.k8s_testing import (
     pipes_line,
 )
 from dagster import instance_for_test, job, op
+from kubernetes.client import V1ObjectMeta, V1Pod
 
 from dagctl_dagster.core.config import parse_deployment_config
 from dagctl_dagster.core.dbt_changes import build_dbt_scope, build_file_change
 from dagctl_dagster.core.plan import Framework, PlanSpec, seal_plan
 from dagctl_dagster.defs.execution import build_execute_steps
-from dagctl_dagster.defs.kubernetes_steps import run_step_in_pod
+from dagctl_dagster.defs.kubernetes_steps import delete_run_pods, run_step_in_pod
 from dagctl_dagster.defs.runtime import PlanRuntime
 
 DIGEST = "ghcr.io/acme/jaffle@sha256:" + "c" * 64
@@ -100,3 +102,20 @@ def test_a_prod_pod_gets_its_secret_as_a_secret_reference_never_as_a_value(tmp_p
     assert set(env) == {"DAGCTL_PROJECT", "DAGCTL_ENVIRONMENT", "DBT_PROFILES_DIR", "DBT_THREADS",
                         "DBT_WAREHOUSE_HOST", "PROD_PASSWORD", "DAGSTER_PIPES_CONTEXT", "DAGSTER_PIPES_MESSAGES"}
     assert env["PROD_PASSWORD"] == {"secretKeyRef": {"name": "warehouse-prod", "key": "password"}}
+
+
+def test_the_pods_of_a_dead_run_are_deleted_and_no_other_runs(tmp_path):
+    runtime = PlanRuntime(deployment=parse_deployment_config(CONFIG, source="dagctl.yaml"),
+                          storage_dir=tmp_path / "data", config_dir=tmp_path)
+    backend = runtime.deployment.projects[0].backend
+    cluster = FakeCluster(FakeClock(), [ContainerScript("dagctl-step", ends_at=None)])
+    name = "dagctl-jaffle-prod-0123abcd-execute-0-5e1f0c2a"
+    cluster.create_namespaced_pod("data", V1Pod(metadata=V1ObjectMeta(
+        name=name, labels={"dagctl/plan-id": "jaffle-prod-0123abcd"})))
+
+    other_run = delete_run_pods(backend, plan_id="jaffle-prod-0123abcd", run_id="7d3b9a01-aaaa",
+                                api_client=cluster.client())
+    dead_run = delete_run_pods(backend, plan_id="jaffle-prod-0123abcd", run_id="5e1f0c2a-bbbb",
+                               api_client=cluster.client())
+
+    assert (other_run, dead_run, cluster.deleted) == ([], [name], [("pod", name)])
