@@ -16,6 +16,7 @@ by tests, built from the backend's credentials otherwise.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -61,6 +62,7 @@ from ..adapters.kubernetes.specs import (
     build_resource_name,
     build_runner_argv,
     build_step_pod,
+    to_label_value,
 )
 from ..core.config import ProjectConfig
 from ..core.errors import DagctlStepError
@@ -154,7 +156,7 @@ def run_step_in_pod(
     namespace = backend.namespace
     pod_name = build_resource_name("dagctl", step.labels.get(LABEL_PLAN_ID, ""), step.name,
                                    _run_suffix(context))
-    manifest = build_step_pod(step, backend, pod_name=pod_name, checkout=checkout)
+    manifest = build_step_pod(resolve_pass_env(step, os.environ), backend, pod_name=pod_name, checkout=checkout)
     reader = _RunLogMessageReader(on_line=lambda text: context.log.info(f"[{step.name}] {text}"))
     run = _PodRun(context, client, backend, what=f"step '{step.name}'", container=STEP_CONTAINER)
     run.pod_name = pod_name
@@ -188,12 +190,42 @@ def run_step_in_pod(
         raise failure
 
 
-def _production_client(context: OpExecutionContext, backend: KubernetesBackendConfig) -> DagsterKubernetesClient:
+def resolve_pass_env(step: StepSpec, environ: Mapping[str, str]) -> StepSpec:
+    """The step as its pod runs it: the `pass_env` variables copied now from the launching process's
+    environment (a pod cannot read it), skipped when unset. A pod's environment is then exactly the
+    step's `env`, its secret references (`secretKeyRef`) and the backend's declared secrets: nothing of
+    the code location's own environment, not even the local allowlist (the image has its own PATH).
+    """
+    passed = {name: environ[name] for name in step.pass_env if name in environ}
+    return step.model_copy(update={"env": {**passed, **step.env}, "pass_env": ()})
+
+
+def delete_run_pods(backend: KubernetesBackendConfig, *, plan_id: str, run_id: str,
+                    api_client: DagsterKubernetesClient | None = None) -> list[str]:
+    """Deletes, without grace, the step pods that run `run_id` of plan `plan_id` created; returns their names.
+
+    A run worker that died cannot delete its pods itself (`run_step_in_pod` does on every other end): the
+    run failure sensor calls this before it records the plan failed. Pods are found by the plan's label and
+    the run id that ends each pod's name.
+
+    Example: `delete_run_pods(backend, plan_id="jaffle-prod-3f2a9c1d", run_id=run.run_id)`.
+    """
+    client = api_client or _production_client(None, backend)
+    pods = client.core_api.list_namespaced_pod(
+        backend.namespace, label_selector=f"{LABEL_PLAN_ID}={to_label_value(plan_id)}")
+    names = [pod.metadata.name for pod in pods.items if f"-{run_id[:8]}" in pod.metadata.name]
+    for name in names:
+        client.core_api.delete_namespaced_pod(name, backend.namespace, grace_period_seconds=0)
+    return names
+
+
+def _production_client(context: OpExecutionContext | None,
+                       backend: KubernetesBackendConfig) -> DagsterKubernetesClient:
     load_kubernetes_config(backend)
     return DagsterKubernetesClient(
         batch_api=kubernetes.client.BatchV1Api(api_client=PatchedApiClient()),
         core_api=kubernetes.client.CoreV1Api(api_client=PatchedApiClient()),
-        logger=context.log.debug,
+        logger=context.log.debug if context is not None else (lambda *_: None),
         sleeper=time.sleep,
         timer=time.time,
     )

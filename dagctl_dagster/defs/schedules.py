@@ -132,7 +132,7 @@ def build_recurring_op(runtime: PlanRuntime):
             yield from run_dbt_step(context, step, translator=PlanDbtTranslator(project.name, env.name),
                                     target_path=runtime.run_dir(context.run_id) / "recurring")
         else:
-            run_command_step(context, step)
+            run_command_step(context, step, work_dir=runtime.run_dir(context.run_id) / "recurring")
 
     def _step(project: ProjectConfig, env: EnvironmentConfig, deployed: PlanState, command: str) -> StepSpec:
         backend = project.backend_for(env)

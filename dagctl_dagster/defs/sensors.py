@@ -37,6 +37,7 @@ from ..core.config import EnvironmentConfig, ProjectConfig
 from ..core.errors import DagctlError
 from ..core.lifecycle import PlanState, PlanStatus, build_status_event, get_last_completed
 from ..core.policy import SYSTEM_ACTOR
+from .execution import stop_run_steps_of
 from .runtime import PlanRuntime
 from ..core.plan import build_plan_id, split_plan_id
 from .store import read_plan_states
@@ -210,7 +211,10 @@ def mark_dead_run(runtime: PlanRuntime, instance, run, what: str) -> bool:
     state = find_executing_plan(runtime, instance, run)
     if state is None:
         return False
+    # `failed` only once nothing of the execution runs: step processes or pods left behind are stopped first.
+    stopped = stop_run_steps_of(runtime, state.plan_id, run.run_id)
+    left = f"; its step(s) {', '.join(stopped)} still ran and were killed" if stopped else ""
     runtime.record(instance, build_status_event(
         state, PlanStatus.FAILED, actor=SYSTEM_ACTOR, at=runtime.clock(), run_id=run.run_id,
-        reason=f"run {run.run_id[:8]} {what} before the plan finished (e.g. the run worker died)"))
+        reason=f"run {run.run_id[:8]} {what} before the plan finished (e.g. the run worker died){left}"))
     return True

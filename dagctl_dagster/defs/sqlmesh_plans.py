@@ -45,12 +45,11 @@ def build_declared_step(project: ProjectConfig, env: EnvironmentConfig, *, name:
                         labels: dict[str, str] | None = None) -> StepSpec:
     """A step of `env` with the environment its config declares (`project.step_env_for(env)`) and nothing
     else: `DAGCTL_PROJECT`, `DAGCTL_ENVIRONMENT` and `env_vars` on top of the declared plain values."""
-    declared = project.step_env_for(env)
-    return StepSpec(
-        name=name, argv=argv, image=image, working_dir=working_dir,
-        env={**declared.env, **(env_vars or {}), "DAGCTL_PROJECT": project.name, "DAGCTL_ENVIRONMENT": env.name},
-        pass_env=declared.pass_env, secret_env=declared.secret_env, labels=labels or {},
-    )
+    from .execution import build_step_env_fields
+
+    technical = {**(env_vars or {}), "DAGCTL_PROJECT": project.name, "DAGCTL_ENVIRONMENT": env.name}
+    return StepSpec(name=name, argv=argv, image=image, working_dir=working_dir, labels=labels or {},
+                    **build_step_env_fields(project, env, technical))
 
 
 def build_sqlmesh_explain_step(project: ProjectConfig, env: EnvironmentConfig, project_dir: Path,

@@ -98,6 +98,7 @@ def build_config_text(repo_url: str, storage_dir: Path, prod: Mapping[str, Any],
         "projects": [
             {"name": PROJECT, "framework": "dbt", "repository": repo_url,
              "dbt": {"profiles_dir": str(DBT_PROFILES), "commands": list(dbt_commands)},
+             "step_env": {"pass_env": ["DAGCTL_WAREHOUSE_DIR"]},
              "environments": [{"name": ENV, **prod}]},
             *extra_projects,
         ],

@@ -26,6 +26,7 @@ projects:
     framework: dbt
     repository: {remote.url}
     dbt: {{profiles_dir: {DBT_PROFILES}}}
+    step_env: {{pass_env: [DAGCTL_WAREHOUSE_DIR]}}
     environments:
       - {{name: dev}}
 """, source="test-dagctl.yaml")

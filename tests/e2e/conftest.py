@@ -47,6 +47,8 @@ projects:
     dbt:
       commands: ["dbt build"]
       profiles_dir: {profiles}
+    step_env:
+      pass_env: [DAGCTL_WAREHOUSE_DIR]   # the profiles' warehouse folder
     environments:
       - name: dev
         target: dev
