@@ -143,7 +143,7 @@ def _own_group(record: Mapping[str, Any]) -> int | None:
 
 
 @contextlib.contextmanager
-def _guarded_step(work_dir: Path | None):
+def guarded_step(work_dir: Path | None):
     """Whatever way the step ends (done, failed, interrupted), nothing of it keeps running."""
     work_dir = work_dir or Path(tempfile.mkdtemp(prefix="dagctl-step-"))
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -170,7 +170,7 @@ def run_dbt_step(
         raise DagctlStepError(f"step '{step.name}' is not a dbt command in a project folder: {step.argv}")
     env = {**build_local_step_env(step), **dbt_technical_env(target_path, Path(step.working_dir))}
     output = _DbtOutput()
-    with _guarded_step(target_path) as record:
+    with guarded_step(target_path) as record:
         argv = build_guard_argv([dbt_executable(), *step.argv[1:]], keep=env, record=str(record))
         with subprocess.Popen(argv, cwd=step.working_dir, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT) as process:
@@ -304,7 +304,7 @@ def run_command_step(context: OpExecutionContext, step: StepSpec, *, work_dir: P
     """
     env = build_local_step_env(step)
     tail: deque[str] = deque(maxlen=TAIL_LINES)
-    with _guarded_step(work_dir) as record:
+    with guarded_step(work_dir) as record:
         argv = build_guard_argv([resolve_executable(step.argv[0]), *step.argv[1:]], keep=env, record=str(record))
         with subprocess.Popen(argv, cwd=step.working_dir, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, bufsize=1, errors="replace") as process:
@@ -328,7 +328,7 @@ def run_pipes_step(context: OpExecutionContext, step: StepSpec, *, work_dir: Pat
     """
     client = PipesSubprocessClient(cwd=step.working_dir)
     env = build_local_step_env(step)
-    with _guarded_step(work_dir) as record:
+    with guarded_step(work_dir) as record:
         argv = build_guard_argv([resolve_executable(step.argv[0]), *step.argv[1:]], keep=env,
                                 keep_prefixes=PIPES_PREFIXES, record=str(record))
         try:

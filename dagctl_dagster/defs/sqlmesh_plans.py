@@ -15,7 +15,6 @@ line locally and in a pod.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import tempfile
@@ -32,8 +31,9 @@ from ..core.dbt_changes import build_file_change
 from ..core.errors import DagctlPlanError, DagctlStateLockedError, DagctlStepError
 from ..core.plan import CommitIdentity, Framework, PlanSpec, seal_plan
 from ..core.sqlmesh_plan import SqlmeshChangeSet
-from ..core.steps import StepSpec, build_process_env
-from .local_backend import resolve_executable, run_pipes_step
+from ..core.steps import StepSpec
+from ..runner.step_guard import build_guard_argv
+from .local_backend import build_local_step_env, guarded_step, resolve_executable, run_pipes_step
 from .runtime import PlanRuntime
 
 _TAIL_LINES = 20
@@ -63,8 +63,8 @@ def build_sqlmesh_explain_step(project: ProjectConfig, env: EnvironmentConfig, p
                                labels={"dagctl/project": project.name, "dagctl/environment": env.name})
 
 
-def run_sqlmesh_explain(step: StepSpec, output: Path) -> SqlmeshChangeSet:
-    """Runs the explain step as a process with exactly `build_process_env(step, os.environ)`, streaming its
+def run_sqlmesh_explain(step: StepSpec, output: Path, *, work_dir: Path | None = None) -> SqlmeshChangeSet:
+    """Runs the explain step as a guarded process with exactly the step's declared environment, streaming its
     lines into the run's logs, and returns the change set it wrote.
 
     Raises:
@@ -73,14 +73,17 @@ def run_sqlmesh_explain(step: StepSpec, output: Path) -> SqlmeshChangeSet:
         DagctlStepError: The step failed without a result.
     """
     log = get_dagster_logger("dagctl")
-    argv = [resolve_executable(step.argv[0]), *step.argv[1:]]
+    env = build_local_step_env(step)
     tail: deque[str] = deque(maxlen=_TAIL_LINES)
-    with subprocess.Popen(argv, cwd=step.working_dir, env=build_process_env(step, os.environ),
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as process:
-        assert process.stdout is not None
-        for line in process.stdout:
-            tail.append(line.rstrip())
-            log.info(line.rstrip())
+    # Behind the step guard like every step: its own process group, gone with the run worker.
+    with guarded_step(work_dir) as record:
+        argv = build_guard_argv([resolve_executable(step.argv[0]), *step.argv[1:]], keep=env, record=str(record))
+        with subprocess.Popen(argv, cwd=step.working_dir, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, bufsize=1, errors="replace") as process:
+            assert process.stdout is not None
+            for line in process.stdout:
+                tail.append(line.rstrip())
+                log.info(line.rstrip())
     result: dict[str, Any] = json.loads(output.read_text()) if output.exists() else {}
     outcome = result.get("outcome")
     if outcome == "explained":
