@@ -15,7 +15,7 @@ export DBT_SEND_ANONYMOUS_USAGE_STATS := false
 export SQLMESH__DISABLE_ANONYMIZED_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: install demo demo-check test test-kind bench clean
+.PHONY: install demo demo-check test test-image test-kind bench clean
 
 $(UV):
 	$(PYTHON) -m venv $(CURDIR)/.tools
@@ -34,6 +34,10 @@ demo-check: install
 test: install
 	bash scripts/test-deps.sh
 	$(UV) run --frozen pytest -q -p no:randomly --timeout=600 $(PYTEST_ARGS)
+
+# The image built from the Dockerfile and run under podman (tests/image; see scripts/test-image.sh).
+test-image: install
+	bash scripts/test-image.sh
 
 test-kind: install
 	$(UV) run --frozen pytest -q -m kind tests/kind
