@@ -21,13 +21,13 @@ ca_bundle=/etc/ssl/certs/ca-certificates.crt
 started=$(date +%s)
 
 missing=()
-for tool in podman buildah runc mmdebstrap; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
+for tool in podman buildah runc mmdebstrap catatonit; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing ${missing[*]} with apt-get"
     apt-get update -qq >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      podman buildah runc mmdebstrap uidmap slirp4netns netavark aardvark-dns >/dev/null
+      podman buildah runc mmdebstrap catatonit uidmap slirp4netns netavark aardvark-dns >/dev/null
   else
     echo "error: make test-image needs ${missing[*]} (Debian: apt-get install podman buildah runc mmdebstrap)" >&2
     exit 1
@@ -43,6 +43,7 @@ nofile="$(ulimit -Hn)"; nproc="$(ulimit -Hu)"
 cat > "$dir/containers.conf" <<CONF
 [containers]
 default_ulimits = ["nofile=$nofile:$nofile", "nproc=$nproc:$nproc"]
+log_driver = "k8s-file"
 [engine]
 runtime = "runc"
 cgroup_manager = "cgroupfs"
@@ -95,9 +96,13 @@ fi
 
 echo "building $image from the committed Dockerfile"
 build_started=$(date +%s)
-podman build -q --pull=missing -t "$image" \
+if ! podman build --pull=missing -t "$image" \
   -v "$ca_bundle:/etc/ssl/certs/ca-certificates.crt:ro" -v "$dir/uv.toml:/etc/uv/uv.toml:ro" \
-  -f "$root/Dockerfile" "$root" >/dev/null
+  -f "$root/Dockerfile" "$root" > "$dir/build.log" 2>&1; then
+  tail -40 "$dir/build.log" >&2
+  echo "error: podman build of the Dockerfile failed (whole log: $dir/build.log)" >&2
+  exit 1
+fi
 echo "built $image in $(( $(date +%s) - build_started )) s"
 
 export DAGCTL_TEST_IMAGE="$image" DAGCTL_IMAGE_TEST_DIR="$dir"

@@ -47,7 +47,7 @@ IMAGE = os.environ.get("DAGCTL_TEST_IMAGE", "")
 WORK = Path(os.environ.get("DAGCTL_IMAGE_TEST_DIR", ROOT / ".image-test"))
 BUILD_MOUNTS = os.environ.get("DAGCTL_IMAGE_BUILD_MOUNTS", "").split()
 PROJECT_IMAGE = "localhost/jaffle-dbt:test"
-JAFFLE_MODELS = {"stg_customers", "stg_orders", "customers", "orders"}
+JAFFLE_NODES = {"raw_customers", "raw_orders", "stg_customers", "stg_orders", "customers", "orders"}
 SHOP_MODELS = {"shop__products", "shop__orders", "shop__daily_revenue", "shop__category_revenue"}
 
 if not IMAGE:
@@ -90,6 +90,7 @@ def test_image_has_dbt_sqlmesh_and_the_production_packages():
 def test_code_location_starts_from_the_image_with_a_mounted_config_and_is_healthy(tmp_path):
     # As the Helm chart runs it: the image's default command, dagctl.yaml mounted read-only.
     (tmp_path / "dagctl.yaml").write_text((ROOT / "examples" / "dagctl.yaml").read_text())
+    os.chmod(tmp_path, 0o755)  # readable by the image's user, as a mounted ConfigMap is
     name = "dagctl-test-code-location"
     podman("rm", "-f", name, check=False)
     podman("run", "-d", "--name", name, "-v", f"{tmp_path}:/etc/dagctl:ro",
@@ -138,16 +139,34 @@ def test_dbt_project_image_builds_on_our_image(project_image):
 # -- pods the product generates, played by podman -------------------------------------------------------
 
 
+def api_server_time(stamp: str) -> str:
+    """podman's `2026-12-01T23:12:37.639973103+01:00` as the API server writes it (RFC 3339 with
+    nanoseconds, in UTC): `2026-12-01T22:12:37.639973103Z`."""
+    seconds, fraction_and_zone = stamp.split(".", 1)
+    fraction, zone = fraction_and_zone[:-6], fraction_and_zone[-6:]
+    utc = datetime.fromisoformat(seconds + zone).astimezone(UTC)
+    return f"{utc.strftime('%Y-%m-%dT%H:%M:%S')}.{fraction}Z"
+
+
 class PodmanPodLogs:
-    """The one Kubernetes API call dagster-k8s's log reader makes, answered from `podman logs`: lines with
-    RFC 3339 timestamps in UTC (`2024-03-22T02:17:29.885548Z ...`), as the API server sends them."""
+    """The one Kubernetes API call dagster-k8s's log reader makes, answered from the container's log file.
+
+    podman writes the CRI log format the kubelet reads (`<RFC 3339 time> <stream> <P|F> <text>`, a line
+    written in pieces split into partial `P` records); like the kubelet, this joins the partial records and
+    answers `<time in UTC, Z> <line>`, what the API server sends for `timestamps=true`.
+    """
 
     def read_namespaced_pod_log(self, name: str, namespace: str, **_: Any) -> Iterator[bytes]:
-        output = podman("logs", "--timestamps", f"{name}-{STEP_CONTAINER}").stdout
-        for line in output.splitlines():
-            stamp, _, text = line.partition(" ")
-            when = datetime.fromisoformat(stamp[:26] + stamp[29:] if len(stamp) > 32 else stamp)
-            yield f"{when.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%S.%fZ')} {text}\n".encode()
+        container = f"{name}-{STEP_CONTAINER}"
+        log_file = podman("inspect", "--format", "{{.HostConfig.LogConfig.Path}}", container).stdout.strip()
+        stamp, parts = "", []
+        for record in Path(log_file).read_text().splitlines():
+            time_, _stream, tag, text = (record.split(" ", 3) + [""])[:4]
+            stamp = stamp or api_server_time(time_)
+            parts.append(text)
+            if tag == "F":
+                yield f"{stamp} {''.join(parts)}\n".encode()
+                stamp, parts = "", []
 
 
 def adapt_for_podman(pod: dict[str, Any], secret_folders: dict[str, str], shared_folders: list[str]) -> dict[str, Any]:
@@ -229,8 +248,7 @@ def test_dbt_execution_pod_builds_the_project_and_reports_each_model(project_ima
     assert exit_code == 0
     # podman does not enforce runAsNonRoot: check the uid the step ran as.
     assert inspect["Config"]["User"].split(":")[0] == "1000"
-    assert {key.rsplit("/", 1)[-1] for key in keys} >= JAFFLE_MODELS
-    assert len([key for key in keys if key.rsplit("/", 1)[-1] in JAFFLE_MODELS]) == len(JAFFLE_MODELS)
+    assert keys == sorted(f"jaffle/prod/{node}" for node in JAFFLE_NODES)
 
 
 @pytest.fixture
@@ -292,4 +310,4 @@ def test_sqlmesh_apply_pod_checks_out_the_pinned_commit_verifies_and_applies(git
 
     assert exit_code == 0
     assert inspect["Config"]["User"].split(":")[0] == "1000"
-    assert {key.rsplit("/", 1)[-1] for key in keys} == SHOP_MODELS
+    assert keys == sorted(f"sqlmesh/shop/{model}" for model in SHOP_MODELS)
