@@ -15,7 +15,12 @@ import yaml
 from conftest import ON_SQLITE_AND_POSTGRES
 from dagster import instance_for_test
 from fixtures.git_repos import REPO_ROOT, make_repo
-from fixtures.postgres import POSTGRES_INSTANCE_EXAMPLE, load_postgres_instance_config
+from fixtures.postgres import (
+    POSTGRES_INSTANCE_EXAMPLE,
+    PostgresUnavailable,
+    load_postgres_instance_config,
+    start_postgres,
+)
 
 from dagctl_dagster.core.config import parse_deployment_config
 from dagctl_dagster.core.lifecycle import PlanStatus
@@ -93,3 +98,16 @@ projects:
         assert warehouse_db.execute("select count(*) from shop.category_revenue").fetchone()[0] > 0
     assert not (warehouse / "sqlmesh_shop_state.duckdb").exists()
     postgres_server.drop_database(database)
+
+
+def test_without_postgresql_the_postgres_tests_skip_saying_how_to_enable_them(tmp_path, monkeypatch):
+    monkeypatch.delenv("DAGCTL_TEST_POSTGRES_URL", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+
+    with pytest.raises(PostgresUnavailable) as unavailable, start_postgres(
+            debian_initdb=str(tmp_path / "no-postgresql" / "*" / "bin" / "initdb")):
+        pass
+
+    assert str(unavailable.value) == (
+        "PostgreSQL tests skipped: install Debian's postgresql (`make test` does it as root) or set "
+        "DAGCTL_TEST_POSTGRES_URL=postgresql://user:password@host:port/postgres")
