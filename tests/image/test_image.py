@@ -25,8 +25,7 @@ from typing import Any
 
 import pytest
 import yaml
-from dagster import AssetMaterialization, instance_for_test, job, op
-from dagster._core.pipes.utils import PipesEnvContextInjector, open_pipes_session
+from dagster import AssetMaterialization, PipesEnvContextInjector, instance_for_test, job, op, open_pipes_session
 from dagster_k8s.pipes import PipesK8sPodLogsMessageReader, build_pod_body
 from kubernetes.client import ApiClient
 
@@ -139,34 +138,42 @@ def test_dbt_project_image_builds_on_our_image(project_image):
 # -- pods the product generates, played by podman -------------------------------------------------------
 
 
-def api_server_time(stamp: str) -> str:
-    """podman's `2026-12-01T23:12:37.639973103+01:00` as the API server writes it (RFC 3339 with
-    nanoseconds, in UTC): `2026-12-01T22:12:37.639973103Z`."""
-    seconds, fraction_and_zone = stamp.split(".", 1)
+def nanoseconds(stamp: str) -> int:
+    """podman's `2026-12-01T23:12:37.6399731+01:00` (Go's RFC3339Nano: trailing zeros trimmed) in ns."""
+    seconds, fraction_and_zone = stamp.split(".", 1) if "." in stamp else (stamp[:-6], stamp[-6:])
     fraction, zone = fraction_and_zone[:-6], fraction_and_zone[-6:]
-    utc = datetime.fromisoformat(seconds + zone).astimezone(UTC)
-    return f"{utc.strftime('%Y-%m-%dT%H:%M:%S')}.{fraction}Z"
+    return int(datetime.fromisoformat(seconds + zone).timestamp()) * 10**9 + int(fraction.ljust(9, "0"))
+
+
+def api_server_time(ns: int) -> str:
+    """The kubelet's timestamp format: nine fraction digits, UTC (`2026-12-01T22:12:37.639973100Z`)."""
+    return f"{datetime.fromtimestamp(ns // 10**9, UTC).strftime('%Y-%m-%dT%H:%M:%S')}.{ns % 10**9:09d}Z"
 
 
 class PodmanPodLogs:
     """The one Kubernetes API call dagster-k8s's log reader makes, answered from the container's log file.
 
-    podman writes the CRI log format the kubelet reads (`<RFC 3339 time> <stream> <P|F> <text>`, a line
-    written in pieces split into partial `P` records); like the kubelet, this joins the partial records and
-    answers `<time in UTC, Z> <line>`, what the API server sends for `timestamps=true`.
+    podman writes the CRI log format the kubelet reads (`<RFC 3339 time> <stream> <P|F> <text>`; a line
+    written in pieces is split into partial `P` records, per stream). Like the kubelet this joins the
+    partial records and answers `<time> <line>` in the API server's format. podman's conmon stamps all
+    lines of one read with the same time, where containerd stamps each line: a line whose time is not
+    after the previous one's gets the previous time + 1 ns, so the lines stay distinct as on containerd.
     """
 
     def read_namespaced_pod_log(self, name: str, namespace: str, **_: Any) -> Iterator[bytes]:
         container = f"{name}-{STEP_CONTAINER}"
         log_file = podman("inspect", "--format", "{{.HostConfig.LogConfig.Path}}", container).stdout.strip()
-        stamp, parts = "", []
+        pending: dict[str, tuple[int, list[str]]] = {}
+        last = 0
         for record in Path(log_file).read_text().splitlines():
-            time_, _stream, tag, text = (record.split(" ", 3) + [""])[:4]
-            stamp = stamp or api_server_time(time_)
+            time_, stream, tag, text = (record.split(" ", 3) + [""])[:4]
+            stamp, parts = pending.pop(stream, (nanoseconds(time_), []))
             parts.append(text)
-            if tag == "F":
-                yield f"{stamp} {''.join(parts)}\n".encode()
-                stamp, parts = "", []
+            if tag != "F":
+                pending[stream] = (stamp, parts)
+                continue
+            last = max(stamp, last + 1)
+            yield f"{api_server_time(last)} {''.join(parts)}\n".encode()
 
 
 def adapt_for_podman(pod: dict[str, Any], secret_folders: dict[str, str], shared_folders: list[str]) -> dict[str, Any]:
@@ -230,6 +237,14 @@ def play_step_pod(manifest: dict[str, Any], step: StepSpec, tmp_path: Path, secr
     return keys, outcome["exit"], outcome["inspect"]
 
 
+def assert_ran_restricted(inspect: dict[str, Any]) -> None:
+    """The step container ran with the pod's "restricted" settings: uid 1000 (podman does not enforce
+    runAsNonRoot, so the uid is checked here), no capabilities, no privilege escalation."""
+    assert inspect["Config"]["User"].split(":")[0] == "1000"
+    assert not inspect.get("EffectiveCaps") and "CAP_SETUID" in inspect["HostConfig"]["CapDrop"]
+    assert "no-new-privileges" in inspect["HostConfig"]["SecurityOpt"]
+
+
 def backend(**fields: Any) -> KubernetesBackendConfig:
     return KubernetesBackendConfig.model_validate(
         {"namespace": "analytics", "runner_image": IMAGE, "registry": "localhost", "git_image": IMAGE, **fields})
@@ -246,8 +261,7 @@ def test_dbt_execution_pod_builds_the_project_and_reports_each_model(project_ima
     keys, exit_code, inspect = play_step_pod(manifest, step, tmp_path, {"dbt-profiles": str(profiles)})
 
     assert exit_code == 0
-    # podman does not enforce runAsNonRoot: check the uid the step ran as.
-    assert inspect["Config"]["User"].split(":")[0] == "1000"
+    assert_ran_restricted(inspect)
     assert keys == sorted(f"jaffle/prod/{node}" for node in JAFFLE_NODES)
 
 
@@ -280,7 +294,7 @@ def git_daemon(tmp_path) -> Iterator[tuple[str, str]]:
             time.sleep(0.2)
         yield f"git://127.0.0.1:{port}/shop.git", commit
     finally:
-        daemon.terminate()
+        daemon.kill()
         daemon.wait(timeout=30)
 
 
@@ -309,5 +323,5 @@ def test_sqlmesh_apply_pod_checks_out_the_pinned_commit_verifies_and_applies(git
     keys, exit_code, inspect = play_step_pod(manifest, step, tmp_path, {}, [str(warehouse)])
 
     assert exit_code == 0
-    assert inspect["Config"]["User"].split(":")[0] == "1000"
+    assert_ran_restricted(inspect)
     assert keys == sorted(f"sqlmesh/shop/{model}" for model in SHOP_MODELS)
