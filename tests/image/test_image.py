@@ -266,9 +266,9 @@ def test_dbt_execution_pod_builds_the_project_and_reports_each_model(project_ima
 
 
 @pytest.fixture
-def git_daemon(tmp_path) -> Iterator[tuple[str, str]]:
+def git_daemon(tmp_path) -> Iterator[tuple[str, str, Path]]:
     """The SQLMesh example project in a bare repository served by `git daemon` on loopback; yields the
-    repository URL and its head commit."""
+    repository URL, its head commit and a working copy of that commit."""
     work = tmp_path / "shop"
     shutil.copytree(ROOT / "examples" / "sqlmesh_shop", work)
     git = ["git", "-c", "user.name=carol", "-c", "user.email=carol@example.com"]
@@ -292,14 +292,14 @@ def git_daemon(tmp_path) -> Iterator[tuple[str, str]]:
                              capture_output=True).returncode != 0:
             assert time.monotonic() < deadline and daemon.poll() is None, "git daemon did not start"
             time.sleep(0.2)
-        yield f"git://127.0.0.1:{port}/shop.git", commit
+        yield f"git://127.0.0.1:{port}/shop.git", commit, work
     finally:
         daemon.kill()
         daemon.wait(timeout=30)
 
 
 def test_sqlmesh_apply_pod_checks_out_the_pinned_commit_verifies_and_applies(git_daemon, tmp_path, monkeypatch):
-    repository, commit = git_daemon
+    repository, commit, work = git_daemon
     # The warehouse and SQLMesh's state: one folder, at the same path on the host (where `detect` explains
     # the plan) and in the pod (where it is applied).
     warehouse = WORK / "warehouse"
@@ -307,7 +307,7 @@ def test_sqlmesh_apply_pod_checks_out_the_pinned_commit_verifies_and_applies(git
     warehouse.mkdir(parents=True)
     os.chmod(warehouse, 0o777)
     monkeypatch.setenv("DAGCTL_WAREHOUSE_DIR", str(warehouse))
-    change_set = explain_sqlmesh_plan(ROOT / "examples" / "sqlmesh_shop", "prod")
+    change_set = explain_sqlmesh_plan(work, "prod")  # what `detect` records: the approved fingerprint
     for path in warehouse.iterdir():
         os.chmod(path, 0o666)
     checkout = GitCheckout(repository, commit)
