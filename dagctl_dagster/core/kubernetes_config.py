@@ -227,7 +227,7 @@ class KubernetesBackendConfig(BaseModel):
         "`namespace` (step pods) at 'restricted' (docs/kubernetes.md).",
     )
     run_as_user: int = Field(
-        default=1000, ge=1,
+        default=1000,
         description="Unprivileged uid (and gid, fsGroup) of step pods and of the build's helper containers: "
         "the runner image's user. Pods run as non-root under the 'restricted' Pod Security Standard.",
     )
@@ -364,6 +364,14 @@ class KubernetesBackendConfig(BaseModel):
             _check_dns_subdomain(ref.secret)
             if not _SECRET_KEY.match(ref.key):
                 raise ValueError(f"'{ref.key}' is not a valid secret key: letters, digits, '-', '_', '.'")
+        return value
+
+    @field_validator("run_as_user")
+    @classmethod
+    def _not_root(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"{value} is root or invalid: step pods run as an unprivileged uid under the "
+                             "'restricted' Pod Security Standard; use the image's user (default 1000)")
         return value
 
     @model_validator(mode="after")

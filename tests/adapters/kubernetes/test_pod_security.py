@@ -21,6 +21,8 @@ from kubernetes.client import ApiClient
 from pod_security import pod_security_violations
 
 from dagctl_dagster.adapters.kubernetes.specs import GitCheckout, build_kaniko_job, build_step_pod
+from dagctl_dagster.core.config import parse_deployment_config
+from dagctl_dagster.core.errors import DagctlConfigError
 from dagctl_dagster.core.steps import SecretRef
 
 Factory = Callable[..., Any]
@@ -72,6 +74,23 @@ def test_step_pods_run_as_the_configured_uid(make_backend: Factory, make_step: F
 
     assert pod["spec"]["securityContext"]["runAsUser"] == 2001
     assert pod_security_violations(sent_pod_spec(pod), "restricted") == []
+
+
+def test_root_uid_for_step_pods_is_refused_at_config_load_with_the_field_path():
+    text = f"""
+projects:
+  - name: shop
+    framework: sqlmesh
+    repository: git@github.com:acme/shop.git
+    environments: [{{name: prod}}]
+    backend: {{type: kubernetes, runner_image: "{RUNNER_IMAGE}", run_as_user: 0}}
+"""
+    with pytest.raises(DagctlConfigError) as raised:
+        parse_deployment_config(text, source="d.yaml")
+
+    assert ("d.yaml: projects.0.backend.kubernetes.run_as_user: Value error, 0 is root or invalid: step pods run "
+            "as an unprivileged uid under the 'restricted' Pod Security Standard; use the image's user "
+            "(default 1000)") in str(raised.value)
 
 
 def test_kaniko_job_is_baseline_only_because_of_kaniko_itself(make_project: Factory, make_backend: Factory):
