@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import shutil
+import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -285,7 +286,7 @@ def git_daemon(tmp_path) -> Iterator[tuple[str, str, Path]]:
         port = probe.getsockname()[1]
     daemon = subprocess.Popen(["git", "daemon", "--reuseaddr", "--export-all", "--listen=127.0.0.1",
                                f"--port={port}", f"--base-path={served}", str(served)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 30
         while subprocess.run(["git", "ls-remote", f"git://127.0.0.1:{port}/shop.git"],
@@ -294,7 +295,7 @@ def git_daemon(tmp_path) -> Iterator[tuple[str, str, Path]]:
             time.sleep(0.2)
         yield f"git://127.0.0.1:{port}/shop.git", commit, work
     finally:
-        daemon.kill()
+        os.killpg(daemon.pid, signal.SIGKILL)  # `git daemon` runs `git-daemon` as a child: stop both
         daemon.wait(timeout=30)
 
 
