@@ -6,6 +6,8 @@ UV_VERSION := 0.13.8
 # uv from PATH, else bootstrapped into .tools/ (a virtualenv of its own: works where pip may not install
 # into the system Python).
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
+# Scripts run by the targets use this uv too (uv may not be on PATH).
+export UV
 export UV_PYTHON ?= 3.11
 # Telemetry of Dagster, dbt and SQLMesh stays off in tests and in the demo.
 export DAGSTER_DISABLE_TELEMETRY := 1
@@ -13,7 +15,7 @@ export DBT_SEND_ANONYMOUS_USAGE_STATS := false
 export SQLMESH__DISABLE_ANONYMIZED_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: install demo test test-kind bench clean
+.PHONY: install demo demo-check test test-image test-kind bench clean
 
 $(UV):
 	$(PYTHON) -m venv $(CURDIR)/.tools
@@ -25,9 +27,17 @@ install: $(UV)
 demo: install
 	bash scripts/demo.sh
 
+# Everything `make demo` does except starting the webserver: checks that its command resolves.
+demo-check: install
+	bash scripts/demo.sh --check
+
 test: install
 	bash scripts/test-deps.sh
 	$(UV) run --frozen pytest -q -p no:randomly --timeout=600 $(PYTEST_ARGS)
+
+# The image built from the Dockerfile and run under podman (tests/image; see scripts/test-image.sh).
+test-image: install
+	bash scripts/test-image.sh
 
 test-kind: install
 	$(UV) run --frozen pytest -q -m kind tests/kind

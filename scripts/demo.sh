@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # The embedded demo: a local Git remote holding the example dbt project, and `dagster dev` on
 # 127.0.0.1:3000 watching it. Everything lives in .demo/ and .dagster_home/ (ignored by git).
+#
+# Run it through `make demo`: the Makefile exports UV, the uv it installed (uv need not be on PATH).
+# `demo.sh --check` prepares everything the same way, then checks that the webserver command resolves
+# instead of starting it (DAGCTL_DEMO_DIR and DAGCTL_DEMO_HOME move .demo/ and .dagster_home/).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-demo="$root/.demo"
-export DAGSTER_HOME="$root/.dagster_home"
+uv="${UV:-uv}"
+demo="${DAGCTL_DEMO_DIR:-$root/.demo}"
+export DAGSTER_HOME="${DAGCTL_DEMO_HOME:-$root/.dagster_home}"
 export DAGCTL_CONFIG="$root/examples/dagctl.yaml"
 export DAGCTL_WAREHOUSE_DIR="$demo/warehouse"
 mkdir -p "$DAGSTER_HOME" "$DAGCTL_WAREHOUSE_DIR"
@@ -39,9 +44,15 @@ To change a model, bump the version and push, in another terminal:
   git -c user.name="Demo User" -c user.email=demo@example.com commit -qam "Change customers" && git push -q
 
 Approve prod from the launchpad of dagctl_review_job (the plan's asset page shows the config), or:
-  uv run dagctl plans list
-  uv run dagctl plans approve <plan id> --as alice
+  $root/.venv/bin/dagctl plans list
+  $root/.venv/bin/dagctl plans approve <plan id> --as alice
 
 MSG
 cd "$root"
-exec "${UV:-uv}" run --frozen dagster dev -h 127.0.0.1 -p "${DAGCTL_DEMO_PORT:-3000}" -w workspace.yaml
+webserver=("$uv" run --frozen dagster dev -h 127.0.0.1 -p "${DAGCTL_DEMO_PORT:-3000}" -w workspace.yaml)
+if [ "${1:-}" = "--check" ]; then
+  "${webserver[@]}" --help >/dev/null
+  echo "demo check: ${webserver[*]} resolves"
+  exit 0
+fi
+exec "${webserver[@]}"

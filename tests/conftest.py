@@ -5,6 +5,11 @@ beyond package registries, and tests must not reach for it.
 """
 
 import os
+from collections.abc import Iterator
+from contextlib import ExitStack
+
+import pytest
+from fixtures.postgres import PostgresServer, PostgresUnavailable, start_postgres
 
 TELEMETRY_OFF = {
     "DAGSTER_DISABLE_TELEMETRY": "1",
@@ -13,3 +18,16 @@ TELEMETRY_OFF = {
     "SQLMESH__DISABLE_ANONYMIZED_ANALYTICS": "1",
 }
 os.environ.update(TELEMETRY_OFF)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL server for the whole session (tests/fixtures/postgres.py); the tests that
+    use it skip, with one line saying how to enable them, where no server can be started."""
+    stack = ExitStack()
+    try:
+        server = stack.enter_context(start_postgres())
+    except PostgresUnavailable as reason:
+        pytest.skip(str(reason))
+    with stack:
+        yield server

@@ -220,6 +220,17 @@ class KubernetesBackendConfig(BaseModel):
 
     type: Literal["kubernetes"] = "kubernetes"
     namespace: DnsLabel = Field(default="default", description="Namespace of the build jobs and step pods.")
+    build_namespace: DnsLabel | None = Field(
+        default=None,
+        description="Namespace of the Kaniko build jobs (default: `namespace`). Kaniko runs as root, so its "
+        "Job meets only the 'baseline' Pod Security Standard: give it a namespace of its own and keep "
+        "`namespace` (step pods) at 'restricted' (docs/kubernetes.md).",
+    )
+    run_as_user: int = Field(
+        default=1000,
+        description="Unprivileged uid (and gid, fsGroup) of step pods and of the build's helper containers: "
+        "the runner image's user. Pods run as non-root under the 'restricted' Pod Security Standard.",
+    )
     service_account: ObjectName | None = Field(
         default=None, description="Service account of the build and step pods (default: the namespace's)."
     )
@@ -355,6 +366,14 @@ class KubernetesBackendConfig(BaseModel):
                 raise ValueError(f"'{ref.key}' is not a valid secret key: letters, digits, '-', '_', '.'")
         return value
 
+    @field_validator("run_as_user")
+    @classmethod
+    def _not_root(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"{value} is root or invalid: step pods run as an unprivileged uid under the "
+                             "'restricted' Pod Security Standard; use the image's user (default 1000)")
+        return value
+
     @model_validator(mode="after")
     def _check_combinations(self) -> KubernetesBackendConfig:
         if self.git_ssh_secret and self.git_token_secret:
@@ -389,6 +408,10 @@ class KubernetesBackendConfig(BaseModel):
     def layer_cache_repository(self, project_name: str) -> str:
         """Kaniko's `--cache-repo`: `cache_repository`, else `<image repository>/cache`."""
         return self.cache_repository or f"{self.image_repository(project_name)}/cache"
+
+    def for_builds(self) -> KubernetesBackendConfig:
+        """This backend with `namespace` set to where Kaniko build jobs run (`build_namespace`)."""
+        return self.model_copy(update={"namespace": self.build_namespace}) if self.build_namespace else self
 
     @property
     def registry_host(self) -> str | None:

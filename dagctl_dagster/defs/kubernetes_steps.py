@@ -101,6 +101,7 @@ def build_image_with_kaniko(
                                         version=spec.version_new, plan_id=spec.plan_id,
                                         environment=spec.environment)
     """
+    backend = backend.for_builds()  # Kaniko needs root: its jobs may have a namespace of their own
     client = api_client or _production_client(context, backend)
     namespace = backend.namespace
     job_name = build_resource_name("dagctl-build", plan_id, _run_suffix(context))

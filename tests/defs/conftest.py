@@ -12,12 +12,18 @@ requirements, plus the version bump in `.dagctl/config.yaml`), so the plans they
 that config over the same instance), and the methods drive the workflow the way the daemon and a reviewer
 would: `commit_change`, `launch_plan`, `decide`, `tick`, `launch`. Time is a `ManualClock` injected into the
 runtime; it only moves when a test calls `advance`.
+
+The instance's storage is SQLite by default. Tests that matter most in production also run on PostgreSQL
+(`@ON_SQLITE_AND_POSTGRES`): run, event-log and schedule storage from `examples/dagster-postgres.yaml` on
+the session's throwaway server, one database per test copied from a deployed template database.
 """
 
 from __future__ import annotations
 
 import shutil
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,6 +45,7 @@ from dagster import (
     instance_for_test,
 )
 from fixtures.git_repos import DBT_PROFILES, GitRepo, make_repo, run_git
+from fixtures.postgres import PostgresServer, load_postgres_instance_config
 
 from dagctl_dagster.core.config import parse_deployment_config
 from dagctl_dagster.core.lifecycle import PlanState, PlanStatus, build_status_event
@@ -65,12 +72,28 @@ NOTHING_READY = SkipReason("no plan is ready to run")
 PROTECTED = {"protected": True, "approvers": ["alice", "bob"]}
 
 
+# Runs a test on both instance storages: `@ON_SQLITE_AND_POSTGRES def test_...(deployed)`.
+ON_SQLITE_AND_POSTGRES = pytest.mark.parametrize("instance_storage", ["sqlite", "postgres"], indirect=True)
+TEMPLATE_DATABASE = "dagctl_deployed_template"
+
+
 def instance_overrides(home: Path) -> dict[str, Any]:
     """One SQLite database for the whole event log: Dagster's default keeps one per run, and creating it
     costs more than the run of a review decision itself."""
     return {"event_log_storage": {"module": "dagster._core.storage.event_log",
                                   "class": "ConsolidatedSqliteEventLogStorage",
                                   "config": {"base_dir": str(home / "history")}}}
+
+
+def open_instance(home: Path, server: PostgresServer | None = None, database: str = "",
+                  patch: pytest.MonkeyPatch | None = None) -> AbstractContextManager[DagsterInstance]:
+    """A real instance with its local files in `home`: SQLite, or (with `server`) PostgreSQL storage from
+    `examples/dagster-postgres.yaml` on `database`, whose DAGSTER_PG_* variables `patch` sets."""
+    if server is None:
+        return instance_for_test(instance_overrides(home), temp_dir=str(home))
+    for name, value in server.environ(database).items():
+        patch.setenv(name, value)
+    return instance_for_test(load_postgres_instance_config(), temp_dir=str(home))
 
 
 class ManualClock:
@@ -301,16 +324,17 @@ class DeployedTemplate:
     deployed: PlanState
 
 
-@pytest.fixture(scope="session")
-def deployed_template(tmp_path_factory) -> DeployedTemplate:
-    """Once per session: jaffle deployed to an unprotected `prod` by a first plan that runs dbt."""
-    root = tmp_path_factory.mktemp("deployed_template")
+def build_deployed_template(root: Path, server: PostgresServer | None = None) -> DeployedTemplate:
+    """jaffle deployed to an unprotected `prod` by a first plan that runs dbt (on `server`: in the
+    template database)."""
     repo = make_repo(root / "repo")
     warehouse = root / "warehouse"
     warehouse.mkdir()
     (root / "home").mkdir()
-    with pytest.MonkeyPatch.context() as patch, instance_for_test(
-        instance_overrides(root / "home"), temp_dir=str(root / "home")
+    if server is not None:
+        server.create_database(TEMPLATE_DATABASE)
+    with pytest.MonkeyPatch.context() as patch, open_instance(
+        root / "home", server, TEMPLATE_DATABASE, patch
     ) as instance:
         patch.setenv("DAGCTL_WAREHOUSE_DIR", str(warehouse))
         deployment = Deployment(root=root, repo=repo, instance=instance, clock=ManualClock(DEPLOYED_AT))
@@ -324,21 +348,49 @@ def deployed_template(tmp_path_factory) -> DeployedTemplate:
     return DeployedTemplate(root=root, repo=repo, deployed=deployed)
 
 
+@pytest.fixture(scope="session")
+def deployed_template(tmp_path_factory) -> DeployedTemplate:
+    """Once per session: jaffle deployed to an unprotected `prod` by a first plan that runs dbt."""
+    return build_deployed_template(tmp_path_factory.mktemp("deployed_template"))
+
+
+@pytest.fixture(scope="session")
+def deployed_template_postgres(tmp_path_factory, postgres_server: PostgresServer) -> DeployedTemplate:
+    """The same, on PostgreSQL: the template database that each PostgreSQL test copies."""
+    return build_deployed_template(tmp_path_factory.mktemp("deployed_template_postgres"), postgres_server)
+
+
 @pytest.fixture
-def deployed(deployed_template: DeployedTemplate, tmp_path: Path, monkeypatch) -> Iterator[Deployment]:
+def instance_storage(request) -> str:
+    """`sqlite` (the default) or `postgres` (tests marked `@ON_SQLITE_AND_POSTGRES`)."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def deployed(request, instance_storage: str, tmp_path: Path, monkeypatch) -> Iterator[Deployment]:
     """This test's own copy of the deployed project, `prod` protected (alice or bob approves)."""
-    template = deployed_template
+    server: PostgresServer | None = None
+    database = ""
+    if instance_storage == "postgres":
+        server = request.getfixturevalue("postgres_server")
+        template = request.getfixturevalue("deployed_template_postgres")
+        database = server.create_database(f"dagctl_test_{uuid.uuid4().hex[:12]}", template=TEMPLATE_DATABASE)
+    else:
+        template = request.getfixturevalue("deployed_template")
     repo = template.repo.copy_to(tmp_path / "repo")
     shutil.copytree(template.root / "home", tmp_path / "home")
     shutil.copytree(template.root / "data", tmp_path / "data", ignore=shutil.ignore_patterns("runs"))
     (tmp_path / "warehouse").mkdir()
     monkeypatch.setenv("DAGCTL_WAREHOUSE_DIR", str(tmp_path / "warehouse"))
-    home = tmp_path / "home"
-    with instance_for_test(instance_overrides(home), temp_dir=str(home)) as instance:
-        deployment = Deployment(root=tmp_path, repo=repo, instance=instance, clock=ManualClock(T0),
-                                deployed_plan_id=template.deployed.plan_id)
-        deployment.configure(**PROTECTED)
-        yield deployment
+    try:
+        with open_instance(tmp_path / "home", server, database, monkeypatch) as instance:
+            deployment = Deployment(root=tmp_path, repo=repo, instance=instance, clock=ManualClock(T0),
+                                    deployed_plan_id=template.deployed.plan_id)
+            deployment.configure(**PROTECTED)
+            yield deployment
+    finally:
+        if server is not None:
+            server.drop_database(database)
 
 
 def assert_nothing_ran(deployed: Deployment, plan_id: str, snapshots_before: set[str],

@@ -9,6 +9,7 @@ from conftest import (
     BUILD_ONLY_REASON,
     ENV,
     NOTHING_READY,
+    ON_SQLITE_AND_POSTGRES,
     PLAN_JOB,
     PLAN_SENSOR,
     assert_nothing_ran,
@@ -314,6 +315,7 @@ def record_approval(deployed, plan_id: str, fingerprint: str, actor: str) -> Non
         reason=f"approve by {actor}", fingerprint=fingerprint), project="jaffle", environment=ENV)
 
 
+@ON_SQLITE_AND_POSTGRES
 def test_a_hundred_approvals_and_repeated_ticks_give_exactly_one_execution(deployed):
     deployed.configure(protected=True, approvers=APPROVERS, required_approvals=2)
     deployed.commit_change(author="dave")

@@ -9,6 +9,7 @@ import pytest
 from conftest import (
     BUILD_ONLY_REASON,
     NOTHING_READY,
+    ON_SQLITE_AND_POSTGRES,
     assert_nothing_ran,
     failed_step,
     failure_message,
@@ -99,6 +100,7 @@ def test_approved_plan_whose_policy_was_tightened_before_it_ran_stops_at_gate(de
     assert_nothing_ran(deployed, plan_id, snapshots, result)
 
 
+@ON_SQLITE_AND_POSTGRES
 def test_plan_whose_base_moved_is_discarded_as_stale_before_build(deployed):
     deployed_commit = deployed.repo.head
     # Plan `first` fails in build, so it has started and a newer plan does not discard it.

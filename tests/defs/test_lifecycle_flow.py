@@ -9,6 +9,7 @@ from conftest import (
     BUILD_ONLY_REASON,
     ENV,
     NOTHING_READY,
+    ON_SQLITE_AND_POSTGRES,
     PLAN_JOB,
     PLAN_SENSOR,
     PROJECT,
@@ -25,6 +26,7 @@ from dagctl_dagster.core.plan import build_plan_id
 
 
 
+@ON_SQLITE_AND_POSTGRES
 def test_protected_plan_waits_for_approval_then_the_approval_sensor_executes_it(deployed):
     deployed_commit = deployed.repo.head
     snapshots_before = deployed.snapshots()

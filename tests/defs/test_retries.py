@@ -9,6 +9,7 @@ import pytest
 from conftest import (
     BUILD_ONLY_REASON,
     NOTHING_READY,
+    ON_SQLITE_AND_POSTGRES,
     PLAN_JOB,
     PROJECT,
     failed_step,
@@ -71,6 +72,7 @@ def approved_plan(deployed) -> tuple[str, RunRequest]:
     return plan_id, request
 
 
+@ON_SQLITE_AND_POSTGRES
 def test_failed_plan_is_retried_up_to_three_times_then_further_retries_are_refused(reexecutable):
     deployed = reexecutable
     plan_id, request = approved_plan(deployed)

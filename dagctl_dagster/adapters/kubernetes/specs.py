@@ -8,6 +8,11 @@ Two shapes:
 - the **step pod** of a `StepSpec` (dbt or SQLMesh execute): the step's argv as the container command
   (never a shell string), its environment and secret references, the plan labels.
 
+Pod Security: step pods meet the "restricted" Pod Security Standard (non-root uid, no privilege
+escalation, every capability dropped, the runtime's default seccomp profile; writable paths are volumes).
+The Kaniko container needs root, so the build job meets "baseline" only; its helper containers are
+restricted all the same (docs/kubernetes.md: run builds in a namespace of their own).
+
 Every builder returns a complete manifest (`apiVersion`, `kind`, camelCase keys) that can be validated
 against the Kubernetes OpenAPI schema and sent as is. Builders never mutate their inputs.
 """
@@ -204,7 +209,8 @@ def build_checkout_containers(checkout: GitCheckout, backend: KubernetesBackendC
     }
     return [
         {"name": name, "image": backend.git_image, "command": commands[name], "env": env,
-         "volumeMounts": mounts if name == "git-fetch" else mounts[:1]}
+         "volumeMounts": mounts if name == "git-fetch" else mounts[:1],
+         "securityContext": build_container_security_context(backend)}
         for name in GIT_CONTAINERS
     ]
 
@@ -220,8 +226,27 @@ def _checkout_volumes(backend: KubernetesBackendConfig) -> list[Manifest]:
     return volumes
 
 
-def _pod_spec_base(backend: KubernetesBackendConfig) -> Manifest:
-    spec: Manifest = {"restartPolicy": "Never", "activeDeadlineSeconds": backend.timeout_seconds}
+def build_container_security_context(backend: KubernetesBackendConfig) -> Manifest:
+    """The security context of a container that runs as the unprivileged user: what the "restricted" Pod
+    Security Standard asks of every container (a fresh value each call: manifests share nothing)."""
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True,
+            "runAsUser": backend.run_as_user, "runAsGroup": backend.run_as_user,
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def build_pod_security_context(backend: KubernetesBackendConfig, *, non_root: bool = True) -> Manifest:
+    """The pod's security context: the runtime's default seccomp profile and, for pods where no container
+    needs root, the unprivileged user (fsGroup makes the volumes writable for it)."""
+    context: Manifest = {"seccompProfile": {"type": "RuntimeDefault"}}
+    if non_root:
+        context.update({"runAsNonRoot": True, "runAsUser": backend.run_as_user,
+                        "runAsGroup": backend.run_as_user, "fsGroup": backend.run_as_user})
+    return context
+
+
+def _pod_spec_base(backend: KubernetesBackendConfig, *, non_root: bool = True) -> Manifest:
+    spec: Manifest = {"restartPolicy": "Never", "activeDeadlineSeconds": backend.timeout_seconds,
+                      "securityContext": build_pod_security_context(backend, non_root=non_root)}
     if backend.service_account:
         spec["serviceAccountName"] = backend.service_account
     if backend.image_pull_secrets:
@@ -248,6 +273,7 @@ def build_kaniko_job(
         build_kaniko_job(project=project, backend=backend, commit=sha, version="3", plan_id="p1",
                          environment="prod", job_name="dagctl-build-p1")
     """
+    backend = backend.for_builds()
     checkout = GitCheckout(project.repository, commit, project.subdirectory)
     image = backend.image_repository(project.name)
     version_tag, sha_tag = build_image_tags(image, version=version, commit=commit)
@@ -299,9 +325,11 @@ def build_kaniko_job(
         "command": selector,
         "volumeMounts": [{"name": "workspace", "mountPath": WORKSPACE_DIR, "readOnly": True},
                          {"name": "build", "mountPath": BUILD_DIR}],
+        "securityContext": build_container_security_context(backend),
     }
     pod_spec = {
-        **_pod_spec_base(backend),
+        # Kaniko unpacks image layers as root: the one container of dagctl that is not "restricted".
+        **_pod_spec_base(backend, non_root=False),
         "initContainers": [*build_checkout_containers(checkout, backend), dockerfile],
         "containers": [kaniko],
         "volumes": volumes,
@@ -349,7 +377,8 @@ def build_step_pod(
     env = [{"name": key, "value": value} for key, value in step.env.items()]
     env += _secret_env(backend.secret_env + step.secret_env)
     container: Manifest = {"name": STEP_CONTAINER, "image": image, "command": list(build_runner_argv(step.argv)),
-                           "terminationMessagePolicy": "FallbackToLogsOnError"}
+                           "terminationMessagePolicy": "FallbackToLogsOnError",
+                           "securityContext": build_container_security_context(backend)}
     env_from = [{"secretRef": {"name": name}} for name in backend.env_from_secrets]
     env_from += [{"configMapRef": {"name": name}} for name in backend.env_from_config_maps]
     if env_from:
