@@ -262,8 +262,10 @@ class _LogFollower:
     """Streams one container's log lines to `on_line`, then reads what a broken stream missed.
 
     `follow` keeps the request open while the container runs. `catch_up`, called once the container has
-    terminated, reads the whole log again and passes on only the lines newer than the last one seen, so an
-    interrupted stream loses nothing and an intact one repeats nothing.
+    terminated, reads the whole log again and passes on only the lines after the last one seen, so an
+    interrupted stream loses nothing and an intact one repeats nothing. Several lines may share one
+    timestamp (the CRI log writer of CRI-O and podman stamps every line of one read alike): lines are
+    told apart by their timestamp and their position among the lines with that timestamp.
     """
 
     def __init__(self, core_api: Any, pod_name: str, namespace: str, container: str,
@@ -272,6 +274,7 @@ class _LogFollower:
         self._request = {"name": pod_name, "namespace": namespace, "container": container}
         self._on_line = on_line
         self._last_stamp = ""
+        self._seen_at_last_stamp = 0  # lines passed on that carry `_last_stamp`
 
     def follow(self, request_timeout: float) -> None:
         self._consume(follow=True, _request_timeout=request_timeout)
@@ -283,12 +286,19 @@ class _LogFollower:
         response = self._core_api.read_namespaced_pod_log(
             **self._request, timestamps=True, _preload_content=False, **options
         )
+        position: dict[str, int] = {}  # lines read so far in this request, per timestamp
         try:
             for line in iter_log_lines(response):
                 stamp, text = split_timestamp(line)
-                if stamp and self._last_stamp and stamp <= self._last_stamp:
-                    continue
-                self._last_stamp = stamp or self._last_stamp
+                if stamp:
+                    position[stamp] = position.get(stamp, 0) + 1
+                    if self._last_stamp and (stamp < self._last_stamp or (
+                            stamp == self._last_stamp and position[stamp] <= self._seen_at_last_stamp)):
+                        continue  # passed on already (a catch-up re-reads the whole log)
+                    if stamp == self._last_stamp:
+                        self._seen_at_last_stamp += 1
+                    else:
+                        self._last_stamp, self._seen_at_last_stamp = stamp, 1
                 self._on_line(text)
         finally:
             release = getattr(response, "release_conn", None)

@@ -82,6 +82,8 @@ class ContainerScript:
     message: str | None = None
     waiting: str | None = None
     lines: list[str] = field(default_factory=list)
+    # The CRI log writer (CRI-O, podman) stamps every line of one read alike: all lines share one stamp.
+    same_stamp: bool = False
 
     def state(self, elapsed: float, has_pending_init: bool) -> tuple[V1ContainerState, bool]:
         if self.waiting:
@@ -100,7 +102,7 @@ class ContainerScript:
         return not self.waiting and elapsed >= self.starts_at
 
     def stamped_lines(self) -> list[str]:
-        return [f"{(T0 + timedelta(seconds=self.starts_at, microseconds=index)).strftime('%Y-%m-%dT%H:%M:%S.%f')}"
+        return [f"{(T0 + timedelta(seconds=self.starts_at, microseconds=0 if self.same_stamp else index)).strftime('%Y-%m-%dT%H:%M:%S.%f')}"
                 f"000Z {line}" for index, line in enumerate(self.lines)]
 
 

@@ -285,6 +285,21 @@ def test_a_broken_log_stream_is_caught_up_without_losing_or_repeating_anything(
     assert outcome.logged("[execute-0] 2 of 2 OK created sql table model main.orders")
 
 
+def test_a_broken_log_stream_of_lines_sharing_one_timestamp_is_caught_up_without_loss(
+    run_op: Callable, make_backend: Factory, make_step: Factory
+) -> None:
+    lines = [*pipes_run("stg_orders", "orders"), pipes_line("closed", {})]
+    container = step_container(lines)[0]
+    container.same_stamp = True
+    cluster = FakeCluster(FakeClock(), [container], break_follow_after=2)
+    outcome = execute(run_op, make_step(), make_backend(), cluster)
+
+    assert outcome.result.success
+    assert outcome.materialized == [AssetKey(["jaffle", "prod", "stg_orders"]), AssetKey(["jaffle", "prod", "orders"])]
+    assert sum("[execute-0] Running with dbt=1.11.2" in line for line in outcome.logs) == 1
+    assert outcome.logged("[execute-0] 2 of 2 OK created sql table model main.orders")
+
+
 def test_sqlmesh_step_failure_carries_the_runner_outcome(
     run_op: Callable, make_backend: Factory, make_step: Factory) -> None:
     lines = [pipes_line("opened", {"extras": {}}),
