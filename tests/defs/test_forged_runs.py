@@ -28,6 +28,7 @@ from conftest import (
 )
 from dagster import AssetKey, RunsFilter, build_run_status_sensor_context
 
+from dagctl_dagster.core.dbt_changes import NO_EMPTY_SELECTION
 from dagctl_dagster.core.lifecycle import PlanStatus
 from dagctl_dagster.defs.sensors import plan_run_config
 from dagctl_dagster.defs.tags import PLAN_ID_TAG, plan_run_tags
@@ -76,7 +77,8 @@ def test_forged_tag_run_cancelled_during_the_real_execution_changes_nothing_and_
     deployed.commit_change("models/zz_held.py", model, author="dave")
     plan = deployed.explain()
     plan_id = plan.plan_id
-    assert plan.spec.commands == (("dbt", "build", "--target", "prod", "--select", "path:models/zz_held.py"),)
+    assert plan.spec.commands == (("dbt", "build", "--target", "prod", *NO_EMPTY_SELECTION, "--select",
+                                   "path:models/zz_held.py"),)
     deployed.approve(plan_id, "alice")
     [request] = run_requests(deployed.tick())
 

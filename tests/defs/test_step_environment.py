@@ -24,6 +24,7 @@ from dagster import DagsterInstance, Definitions, ExecuteInProcessResult, build_
 from fixtures.git_repos import DBT_PROFILES, GitRepo, make_repo
 
 from dagctl_dagster.core.config import parse_deployment_config
+from dagctl_dagster.core.dbt_changes import NO_EMPTY_SELECTION
 from dagctl_dagster.core.lifecycle import PlanState, PlanStatus
 from dagctl_dagster.core.plan import build_plan_id
 from dagctl_dagster.defs.definitions import build_definitions
@@ -159,7 +160,7 @@ def test_a_prod_step_gets_its_declared_secret_and_fails_naming_it_when_it_is_mis
                            "code location")
 
     probe.patch.setenv("PROD_PASSWORD", PROD_PASSWORD)
-    review = {"plan_id": plan.plan_id, "decision": "retry", "actor": "alice", "comment": "", "code": ""}
+    review = {"plan_id": plan.plan_id, "decision": "retry", "actor": "alice", "comment": ""}
     assert probe.defs.resolve_job_def("dagctl_review_job").execute_in_process(
         run_config={"ops": {"review": {"config": review}}}, instance=probe.instance).success
     sensor = probe.defs.resolve_sensor_def("dagctl_approval_sensor")
@@ -183,7 +184,7 @@ def test_dbt_is_started_with_exactly_the_approved_argv_and_builds_exactly_the_se
     result, plan = probe.launch_plan("dev")
 
     selection = tuple(f"path:{path}" for path in paths)
-    approved = ("dbt", "build", "--target", "dev", "--select", *selection)
+    approved = ("dbt", "build", "--target", "dev", *NO_EMPTY_SELECTION, "--select", *selection)
     assert (plan.status, plan.spec.dbt_scope.selection, plan.spec.commands) == (
         PlanStatus.COMPLETED, selection, (approved,)), plan.reason
     record: dict[str, Any] = json.loads((probe.step_dir(result) / STEP_RECORD).read_text())
