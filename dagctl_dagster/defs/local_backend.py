@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -295,12 +295,13 @@ def dbt_executable() -> str:
     return resolve_executable("dbt")
 
 
-def run_command_step(context: OpExecutionContext, step: StepSpec, *, work_dir: Path | None = None) -> None:
-    """Runs a plain command behind the step guard, streaming each output line into the run's logs.
+def stream_command_step(step: StepSpec, on_line: Callable[[str], None], *, work_dir: Path | None = None
+                        ) -> tuple[int, list[str]]:
+    """Runs a plain command behind the step guard, passing each output line to `on_line` as it is printed.
 
     `work_dir` is the step's own folder in the run's folder (`PlanRuntime.run_dir(run_id) / step.name`),
-    where `stop_run_steps` finds it; without one, a temporary folder.
-    Raises `DagctlStepError` with the exit code and the last lines when the command fails.
+    where `stop_run_steps` finds it; without one, a temporary folder. Returns the exit code and the last
+    `TAIL_LINES` lines.
     """
     env = build_local_step_env(step)
     tail: deque[str] = deque(maxlen=TAIL_LINES)
@@ -312,11 +313,19 @@ def run_command_step(context: OpExecutionContext, step: StepSpec, *, work_dir: P
             for line in process.stdout:
                 line = line.rstrip()
                 tail.append(line)
-                context.log.info(line)
-    if process.returncode != 0:
+                on_line(line)
+    return process.returncode, list(tail)
+
+
+def run_command_step(context: OpExecutionContext, step: StepSpec, *, work_dir: Path | None = None) -> None:
+    """Runs a plain command behind the step guard, streaming each output line into the run's logs.
+
+    Raises `DagctlStepError` with the exit code and the last lines when the command fails.
+    """
+    code, tail = stream_command_step(step, lambda line: context.log.info(line), work_dir=work_dir)
+    if code != 0:
         last = "\n".join(tail)
-        raise DagctlStepError(
-            f"`{' '.join(step.argv)}` exited with code {process.returncode}; last lines:\n{last}")
+        raise DagctlStepError(f"`{' '.join(step.argv)}` exited with code {code}; last lines:\n{last}")
 
 
 def run_pipes_step(context: OpExecutionContext, step: StepSpec, *, work_dir: Path | None = None

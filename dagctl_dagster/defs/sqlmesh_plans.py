@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import tempfile
-from collections import deque
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -32,11 +30,8 @@ from ..core.errors import DagctlPlanError, DagctlStateLockedError, DagctlStepErr
 from ..core.plan import CommitIdentity, Framework, PlanSpec, seal_plan
 from ..core.sqlmesh_plan import SqlmeshChangeSet
 from ..core.steps import StepSpec
-from ..runner.step_guard import build_guard_argv
-from .local_backend import build_local_step_env, guarded_step, resolve_executable, run_pipes_step
+from .local_backend import run_pipes_step, stream_command_step
 from .runtime import PlanRuntime
-
-_TAIL_LINES = 20
 
 
 def build_declared_step(project: ProjectConfig, env: EnvironmentConfig, *, name: str, argv: tuple[str, ...],
@@ -72,18 +67,8 @@ def run_sqlmesh_explain(step: StepSpec, output: Path, *, work_dir: Path | None =
         DagctlStateLockedError: A process outside dagctl holds the DuckDB database.
         DagctlStepError: The step failed without a result.
     """
-    log = get_dagster_logger("dagctl")
-    env = build_local_step_env(step)
-    tail: deque[str] = deque(maxlen=_TAIL_LINES)
     # Behind the step guard like every step: its own process group, gone with the run worker.
-    with guarded_step(work_dir) as record:
-        argv = build_guard_argv([resolve_executable(step.argv[0]), *step.argv[1:]], keep=env, record=str(record))
-        with subprocess.Popen(argv, cwd=step.working_dir, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, bufsize=1, errors="replace") as process:
-            assert process.stdout is not None
-            for line in process.stdout:
-                tail.append(line.rstrip())
-                log.info(line.rstrip())
+    code, tail = stream_command_step(step, get_dagster_logger("dagctl").info, work_dir=work_dir)
     result: dict[str, Any] = json.loads(output.read_text()) if output.exists() else {}
     outcome = result.get("outcome")
     if outcome == "explained":
@@ -93,7 +78,7 @@ def run_sqlmesh_explain(step: StepSpec, output: Path, *, work_dir: Path | None =
     if outcome == "locked":
         raise DagctlStateLockedError(result["message"])
     detail = result.get("message") or "\n".join(tail)
-    raise DagctlStepError(f"SQLMesh's explain step exited with code {process.returncode}: {detail}")
+    raise DagctlStepError(f"SQLMesh's explain step exited with code {code}: {detail}")
 
 
 def explain_sqlmesh_spec(

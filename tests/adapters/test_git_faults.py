@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fixtures.silent_server import serve_silently
 
 from dagctl_dagster.adapters.git import DiffEntry, GitMirror
 from dagctl_dagster.core.errors import DagctlGitError
@@ -52,31 +51,8 @@ def make_remote(path: Path, files: dict[bytes, bytes]) -> str:
 @pytest.fixture
 def silent_server() -> Iterator[int]:
     """A TCP port that accepts connections and never answers (a hung Git server)."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    server.settimeout(0.1)  # lets the accepting thread see `stop`
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])
-            except TimeoutError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        yield server.getsockname()[1]
-    finally:
-        stop.set()
-        thread.join()
-        server.close()
-        for connection in held:
-            connection.close()
-
+    with serve_silently() as port:
+        yield port
 
 @pytest.mark.parametrize("scheme", ["http", "git"])
 def test_a_remote_that_never_answers_fails_after_the_timeout_with_a_timeout_hint(

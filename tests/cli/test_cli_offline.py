@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import io
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from fixtures.silent_server import serve_silently
 
 from dagctl_dagster.cli.main import run as run_cli
 
@@ -62,28 +61,9 @@ def test_url_that_is_not_http_is_a_usage_error(url: str) -> None:
 
 @pytest.fixture
 def hanging_server() -> Iterator[str]:
-    """A socket that accepts connections and never answers."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    accepted: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        listener.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                accepted.append(listener.accept()[0])
-            except TimeoutError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    stop.set()
-    thread.join()
-    for connection in accepted:
-        connection.close()
-    listener.close()
-
+    """A webserver address that accepts connections and never answers."""
+    with serve_silently() as port:
+        yield f"http://127.0.0.1:{port}"
 
 def test_plans_wait_timeout_holds_against_a_server_that_never_answers(hanging_server: str) -> None:
     # Without the deadline, the request would wait for the client's 30 s request timeout and end as

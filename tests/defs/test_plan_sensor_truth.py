@@ -5,8 +5,6 @@ broken or hung project never stops the others."""
 from __future__ import annotations
 
 import shutil
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import pytest
 import yaml
 from dagster import DagsterInstance, RunsFilter, SkipReason
 from fixtures.git_repos import REPO_ROOT, run_git
+from fixtures.silent_server import serve_silently
 
 from conftest import ENV, PLAN_JOB, PLAN_SENSOR, PROTECTED, PROJECT, failure_message, run_requests
 from dagctl_dagster.core.lifecycle import PlanStatus
@@ -175,29 +174,8 @@ def test_a_missing_subdirectory_is_reported_as_a_missing_folder_at_the_commit(de
 @pytest.fixture
 def silent_port() -> Iterator[int]:
     """A TCP port that accepts connections and never answers (a hung Git server)."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    server.settimeout(0.1)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])
-            except TimeoutError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield server.getsockname()[1]
-    stop.set()
-    thread.join()
-    server.close()
-    for connection in held:
-        connection.close()
-
+    with serve_silently() as port:
+        yield port
 
 def test_a_hung_remote_times_out_and_the_other_project_still_plans(deployed, silent_port: int):
     url = f"http://127.0.0.1:{silent_port}/acme/hung.git"
