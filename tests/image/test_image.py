@@ -315,7 +315,7 @@ def test_sqlmesh_apply_pod_checks_out_the_pinned_commit_verifies_and_applies(git
     step = StepSpec(
         name="execute-0",
         argv=("python", "-m", "dagctl_dagster.runner.sqlmesh_apply", "--project-dir", checkout.project_dir,
-              "--environment", "prod", "--fingerprint", change_set.fingerprint, "--project", "shop"),
+              "--environment", "prod", "--change-set-fingerprint", change_set.fingerprint, "--project", "shop"),
         labels=build_plan_labels("shop", "prod", "shop-prod-0001"),
         env={"DAGCTL_PROJECT": "shop", "DAGCTL_ENVIRONMENT": "prod", "DAGCTL_WAREHOUSE_DIR": str(warehouse),
              "HOME": "/tmp"})

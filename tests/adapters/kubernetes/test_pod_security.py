@@ -28,7 +28,7 @@ from dagctl_dagster.core.steps import SecretRef
 Factory = Callable[..., Any]
 HELM_VALUES = Path(__file__).resolve().parents[3] / "helm-values" / "values.yaml"
 SQLMESH_ARGV = ("python", "-m", "dagctl_dagster.runner.sqlmesh_apply", "--project-dir", "/app",
-                "--environment", "prod", "--fingerprint", "f" * 64)
+                "--environment", "prod", "--change-set-fingerprint", "f" * 64)
 PIPES_ENV = {"DAGSTER_PIPES_CONTEXT": "e30=", "DAGSTER_PIPES_MESSAGES": "e30="}
 
 STEP_SHAPES = {

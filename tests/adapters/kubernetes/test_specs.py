@@ -47,7 +47,7 @@ from dagctl_dagster.core.steps import SecretRef, StepSpec
 Factory = Callable[..., Any]
 RESOURCES = {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}
 SQLMESH_ARGV = ("python", "-m", "dagctl_dagster.runner.sqlmesh_apply", "--project-dir", "/app",
-                "--environment", "prod", "--fingerprint", "f" * 64)
+                "--environment", "prod", "--change-set-fingerprint", "f" * 64)
 
 
 def kaniko_job(project: ProjectConfig, **overrides: Any) -> dict[str, Any]:
