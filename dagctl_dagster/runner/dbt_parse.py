@@ -1,0 +1,118 @@
+"""The `parse` step of a dbt plan: dbt's own parse of the pinned commit. Never connects to the warehouse.
+
+    python -m dagctl_dagster.runner.dbt_parse --project-dir DIR --target-path DIR --target T --output FILE \\
+        [--packages-cache DIR]
+
+It runs as its own process with the step environment (`core.steps.build_process_env`): dbt renders the
+project's Jinja and its profile, and that must see only what the deployment config gives the project's
+steps. With a `partial_parse.msgpack` in the target path (the last plan's, copied there by the caller),
+dbt parses only the files that changed.
+
+When the project has packages, `dbt deps` runs first; `dbt_packages/` is kept in `--packages-cache` under
+the hash of `package-lock.yml` (or of the packages file when there is no lock), so a plan with unchanged
+packages reuses it.
+
+The result is written to FILE as JSON: `{"outcome": "parsed", "mode": "cold"|"partial", "seconds": S}`, or
+`{"outcome": "project_error" | "environment_error", "message": "..."}`. A project error is the project's
+fault (a missing ref, broken YAML or Jinja): the plan fails. An environment error is the fault of where the
+parse ran (the adapter is not installed, a variable the profile or project reads is not set): the plan is
+explained from Git, without its impact. Exit code 0 when a result was written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+PACKAGE_FILES = ("package-lock.yml", "packages.yml", "dependencies.yml")
+
+
+def _classify(error: BaseException | None) -> str:
+    """`environment_error` for what depends on where dbt runs, else `project_error`."""
+    from dbt.exceptions import DbtProfileError, EnvVarMissingError
+
+    if isinstance(error, (DbtProfileError, EnvVarMissingError)):
+        return "environment_error"
+    if error is not None and ("Could not find adapter type" in str(error) or "No module named" in str(error)):
+        return "environment_error"
+    return "project_error"
+
+
+def _message(error: BaseException | None) -> str:
+    text = " ".join(line.strip() for line in str(error or "dbt failed without a message").splitlines())
+    return text[:2000]
+
+
+def _packages_hash(project_dir: Path) -> str | None:
+    for name in PACKAGE_FILES:
+        path = project_dir / name
+        if path.exists():
+            return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return None
+
+
+def _install_packages(runner, project_dir: Path, cache: Path | None, target: str) -> BaseException | None:
+    digest = _packages_hash(project_dir)
+    if digest is None:
+        return None
+    cached = cache / digest / "dbt_packages" if cache else None
+    if cached is not None and cached.is_dir():
+        shutil.copytree(cached, project_dir / "dbt_packages", dirs_exist_ok=True)
+        return None
+    result = runner.invoke(["deps", "--project-dir", str(project_dir), "--target", target, "--quiet"])
+    if not result.success:
+        return result.exception or RuntimeError("dbt deps failed")
+    if cached is not None and (project_dir / "dbt_packages").is_dir():
+        staging = cached.parent.with_name(f".{digest}.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(project_dir / "dbt_packages", staging / "dbt_packages")
+        if cached.parent.exists():  # another plan cached the same packages first
+            shutil.rmtree(staging)
+        else:
+            staging.rename(cached.parent)
+    return None
+
+
+def parse_project(project_dir: Path, target_path: Path, target: str, packages_cache: Path | None
+                  ) -> dict[str, object]:
+    """Runs `dbt deps` (if needed) and `dbt parse`; returns the result (see the module docstring)."""
+    from dbt.cli.main import dbtRunner
+
+    events: list[str] = []
+    runner = dbtRunner(callbacks=[lambda event: events.append(event.info.name)])
+    started = time.monotonic()
+    error = _install_packages(runner, project_dir, packages_cache, target)
+    if error is not None:
+        return {"outcome": "environment_error", "message": f"dbt deps failed: {_message(error)}"}
+    result = runner.invoke(["parse", "--project-dir", str(project_dir), "--target-path", str(target_path),
+                            "--target", target, "--quiet"])
+    if not result.success:
+        return {"outcome": _classify(result.exception), "message": _message(result.exception)}
+    mode = "partial" if "PartialParsingEnabled" in events else "cold"
+    return {"outcome": "parsed", "mode": mode, "seconds": round(time.monotonic() - started, 3)}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dagctl_dagster.runner.dbt_parse",
+                                     description="dbt's parse of a project (never connects to the warehouse).")
+    parser.add_argument("--project-dir", required=True, type=Path)
+    parser.add_argument("--target-path", required=True, type=Path)
+    parser.add_argument("--target", required=True)
+    parser.add_argument("--output", required=True, type=Path)
+    parser.add_argument("--packages-cache", default=None, type=Path)
+    args = parser.parse_args(argv)
+    try:
+        result = parse_project(args.project_dir, args.target_path, args.target, args.packages_cache)
+    except Exception as error:  # the step's boundary: dbt's own error, in one line
+        result = {"outcome": "environment_error", "message": f"{type(error).__name__}: {_message(error)}"}
+    args.output.write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
