@@ -36,7 +36,7 @@ def read_dbt_graph(manifest_path: Path) -> DbtGraph:
             nodes[unique_id] = DbtGraphNode.model_construct(
                 unique_id=unique_id, resource_type=node.get("resource_type", section.rstrip("s")),
                 name=node.get("name", unique_id), path=node.get("original_file_path") or "",
-                patch_path=node.get("patch_path"), parents=tuple(sorted(set(parents))))
+                patch_path=node.get("patch_path"), fqn=tuple(node.get("fqn") or ()), parents=tuple(sorted(set(parents))))
     return DbtGraph.model_construct(nodes=nodes)
 
 

@@ -23,6 +23,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .dbt_changes import DbtScope, FileCategory, FileChange, Scope, categorize_path
+
 # The resource types `dbt build` runs.
 EXECUTABLE_TYPES = frozenset({"model", "seed", "snapshot", "test", "unit_test"})
 # Tests run with the nodes they test (dbt's eager indirect selection).
@@ -35,6 +37,9 @@ _TYPE_ORDER = ("model", "seed", "snapshot", "test", "unit_test", "exposure", "se
 # What a reviewer is told is affected downstream: what would need a rebuild, and what people read (analyses,
 # compiled only, and tests, which run with their nodes, are left out).
 DOWNSTREAM_TYPES = (EXECUTABLE_TYPES - TEST_TYPES) | MARKED_TYPES
+# A change set listed only in part (adapters.dbt.MAX_LISTED_FILES) is never narrowed: its categories are not
+# all known.
+MAX_STATE_FILES = 2000
 # A plan lists at most this many selected and downstream nodes (counts cover all of them).
 MAX_LISTED_NODES = 1000
 
@@ -60,6 +65,7 @@ class DbtGraphNode(BaseModel):
     name: str
     path: str = Field(description="dbt's original_file_path, relative to the project folder.")
     patch_path: str | None = Field(default=None, description="The YAML file that describes it, if any.")
+    fqn: tuple[str, ...] = Field(default=(), description="dbt's fully qualified name (package, folders, name).")
     parents: tuple[str, ...] = ()
 
 
@@ -162,6 +168,24 @@ def unescape_path_selector(criterion: str) -> tuple[str, bool]:
     return "".join(out), downstream
 
 
+def build_fqn_selector(fqn: Sequence[str]) -> str:
+    """The dbt selection criterion of one node by its fully qualified name (names are identifiers: no
+    escaping needed). Example: `build_fqn_selector(["jaffle", "marts", "orders"])` is
+    `"fqn:jaffle.marts.orders"`."""
+    return "fqn:" + ".".join(fqn)
+
+
+def _match_criterion(graph: DbtGraph, criterion: str) -> tuple[set[str], bool]:
+    """The nodes one criterion of ours (`path:` or `fqn:`) names, and whether it ends with `+`."""
+    if criterion.startswith("fqn:"):
+        value = criterion[len("fqn:"):]
+        parts = tuple(value.rstrip("+").split("."))
+        matched = {uid for uid, node in graph.nodes.items() if node.fqn[:len(parts)] == parts}
+        return matched, value.endswith("+")
+    path, downstream = unescape_path_selector(criterion)
+    return {uid for uid, node in graph.nodes.items() if _matches_path(node, path)}, downstream
+
+
 def _matches_path(node: DbtGraphNode, path: str) -> bool:
     """dbt's `path:` method: the node's file, its YAML patch file, or a folder above its file."""
     if node.path == path or node.path.startswith(path.rstrip("/") + "/"):
@@ -186,13 +210,13 @@ def _descendants(start: Iterable[str], children: dict[str, list[str]]) -> dict[s
 
 def resolve_path_selection(graph: DbtGraph, selection: Sequence[str]) -> tuple[set[str], set[str]]:
     """The unique ids `--select <selection>` runs (as `dbt ls`/`dbt build` resolve it), and the directly
-    changed ones among them (before `+` and indirect test selection)."""
+    changed ones among them (before `+` and indirect test selection). Criteria are ours: `path:` (see
+    `dbt_changes.build_path_selector`) or `fqn:` (`build_fqn_selector`)."""
     children = graph.children()
     direct: set[str] = set()
     selected: set[str] = set()
     for criterion in selection:
-        path, downstream = unescape_path_selector(criterion)
-        matched = {uid for uid, node in graph.nodes.items() if _matches_path(node, path)}
+        matched, downstream = _match_criterion(graph, criterion)
         direct |= matched
         selected |= matched
         if downstream:
@@ -275,3 +299,36 @@ def _render_counts(counts: dict[str, int], *, downstream: bool = False) -> str:
             label = label[:-1] + "ies" if label.endswith("y") else label + ("es" if label.endswith("s") else "s")
         parts.append(f"{count} {'downstream ' if downstream and not parts else ''}{label}")
     return ", ".join(parts)
+
+
+def is_state_comparable(files: Sequence[FileChange], scope: DbtScope, *, has_base_manifest: bool) -> bool:
+    """Whether dbt's own state comparison (`state:modified` against the deployed commit's manifest) may
+    narrow a full build: macros changed, no configuration file did (vars in `dbt_project.yml`, packages,
+    profiles: dbt's comparison cannot decide those), and the deployed commit's manifest is kept."""
+    categories = {change.category for change in files} | {
+        categorize_path(change.old_path) for change in files if change.old_path}
+    return (has_base_manifest and scope.scope is Scope.ALL and FileCategory.MACRO in categories
+            and FileCategory.CONFIGURATION not in categories and len(files) < MAX_STATE_FILES)
+
+
+def build_state_scope(scope: DbtScope, modified: Sequence[Sequence[str]], graph: DbtGraph, *,
+                      base_commit: str) -> DbtScope:
+    """The scope dbt's state comparison chose: exactly the `modified` nodes (their fqns), by name.
+
+    A modified test of a modified node is left out of the selection: it runs with its node (eager indirect
+    selection) and the resolved nodes are the same.
+
+    Example: a macro used by one model gives `selection == ("fqn:jaffle.marts.orders",)`.
+    """
+    rule = (f"macros changed; dbt's state comparison (state:modified) with the manifest of the deployed "
+            f"commit {base_commit[:12]}")
+    wanted = {tuple(fqn) for fqn in modified}
+    ids = {uid for uid, node in graph.nodes.items() if node.fqn in wanted}
+    kept = {uid for uid in ids if graph.nodes[uid].resource_type not in TEST_TYPES
+            or not any(parent in ids for parent in graph.nodes[uid].parents)}
+    if not kept:
+        return DbtScope(scope=Scope.BUILD_ONLY, removed=scope.removed,
+                        reason=f"{rule} finds no modified node: no dbt command runs, the image is rebuilt")
+    selection = tuple(sorted({build_fqn_selector(graph.nodes[uid].fqn) for uid in kept}))
+    return DbtScope(scope=Scope.SELECTIVE, selection=selection, removed=scope.removed,
+                    reason=f"{rule} selects the {len(selection)} modified node(s) (their tests run with them)")

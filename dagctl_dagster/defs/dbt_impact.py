@@ -15,6 +15,7 @@ pod start per plan for a few seconds of work).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -27,14 +28,17 @@ from dagster import MetadataValue, TableColumn, TableRecord, TableSchema, get_da
 
 from ..adapters.dbt_manifest import MANIFEST, DbtParseCache, read_dbt_graph
 from ..core.config import EnvironmentConfig, ProjectConfig
-from ..core.dbt_changes import Scope
+from ..core.dbt_changes import DbtScope, Scope, build_dbt_commands
 from ..core.dbt_impact import (
+    DbtGraph,
     DbtImpact,
     DbtParseInfo,
     ImpactStatus,
     ParseMode,
     build_full_impact,
     build_selective_impact,
+    build_state_scope,
+    is_state_comparable,
     render_impact_line,
 )
 from ..core.errors import DagctlStepError
@@ -54,13 +58,15 @@ def requires_parse(spec: PlanSpec) -> bool:
 
 
 def build_dbt_parse_step(runtime: PlanRuntime, project: ProjectConfig, env: EnvironmentConfig, snapshot: Path,
-                         target_path: Path, output: Path) -> StepSpec:
-    """The parse step: `dbt deps` (when the project has packages) and `dbt parse` of the snapshot."""
+                         target_path: Path, output: Path, *, state: Path | None = None) -> StepSpec:
+    """The parse step: `dbt deps` (when the project has packages) and `dbt parse` of the snapshot; with
+    `state`, dbt's `state:modified` against the manifest in that folder too."""
     from .sqlmesh_plans import build_declared_step
 
     argv = ("python", "-m", "dagctl_dagster.runner.dbt_parse", "--project-dir", str(snapshot),
             "--target-path", str(target_path), "--target", env.dbt_target, "--output", str(output),
-            "--packages-cache", str(runtime.storage_dir / "dbt_packages" / project.name))
+            "--packages-cache", str(runtime.storage_dir / "dbt_packages" / project.name),
+            *(("--state", str(state)) if state is not None else ()))
     return build_declared_step(
         project, env, name="parse", argv=argv, working_dir=str(snapshot),
         env_vars={"DBT_PROFILES_DIR": str(runtime.profiles_dir(project, snapshot)),
@@ -93,10 +99,26 @@ def run_dbt_parse(step: StepSpec, output: Path, *, work_dir: Path) -> dict[str, 
             "message": f"dbt's parse step exited with code {process.returncode}: " + " ".join(tail)}
 
 
-def build_dbt_impact(runtime: PlanRuntime, project: ProjectConfig, env: EnvironmentConfig,
-                     spec: PlanSpec) -> DbtImpact:
-    """dbt's parse of the plan's target commit, resolved against the plan's scope."""
-    assert spec.dbt_scope is not None, "a dbt plan always has a scope"
+def pin_base_manifest(runtime: PlanRuntime, project: ProjectConfig, spec: PlanSpec) -> Path | None:
+    """The folder holding the deployed commit's manifest for this plan's state comparison, or `None`.
+
+    Pinned per plan (`storage_dir/dbt_state/<project>/<plan id>/manifest.json`) when the plan is explained,
+    so the re-resolution at execute compares with the same bytes, whatever the parse cache kept since.
+    """
+    pinned = runtime.storage_dir / "dbt_state" / project.name / spec.plan_id
+    if (pinned / MANIFEST).exists():
+        return pinned
+    base = DbtParseCache(runtime.storage_dir / "dbt_parse" / project.name).manifest_of(spec.base_commit or "-")
+    if base is None:
+        return None
+    pinned.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(base, pinned / MANIFEST)
+    return pinned
+
+
+def _parse(runtime: PlanRuntime, project: ProjectConfig, env: EnvironmentConfig, spec: PlanSpec,
+           state: Path | None) -> tuple[dict[str, Any], DbtGraph | None]:
+    """dbt's parse of the plan's snapshot (its result, and the graph when it parsed)."""
     mirror = runtime.mirror(project)
     snapshot = mirror.export_snapshot(spec.target_commit, runtime.snapshot_dir(project, spec.target_commit),
                                       subdirectory=project.subdirectory)
@@ -108,36 +130,65 @@ def build_dbt_impact(runtime: PlanRuntime, project: ProjectConfig, env: Environm
         target_path = folder / "target"
         cache.seed(target_path)
         output = folder / "result.json"
-        result = run_dbt_parse(build_dbt_parse_step(runtime, project, env, snapshot, target_path, output),
-                               output, work_dir=folder / "step")
-        outcome = result.get("outcome")
-        if outcome == "project_error":
-            return DbtImpact(status=ImpactStatus.PROJECT_ERROR, reason=result["message"])
-        if outcome != "parsed":
-            return DbtImpact(status=ImpactStatus.UNAVAILABLE, reason=result.get("message", "dbt did not parse"))
+        step = build_dbt_parse_step(runtime, project, env, snapshot, target_path, output, state=state)
+        result = run_dbt_parse(step, output, work_dir=folder / "step")
+        if result.get("outcome") != "parsed":
+            return result, None
         graph = read_dbt_graph(target_path / MANIFEST)
         cache.store(spec.target_commit, target_path)
+        return result, graph
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    parse = DbtParseInfo(mode=ParseMode(result["mode"]), seconds=result["seconds"])
+
+
+def build_dbt_impact(runtime: PlanRuntime, project: ProjectConfig, env: EnvironmentConfig,
+                     spec: PlanSpec) -> tuple[DbtScope, DbtImpact]:
+    """dbt's parse of the plan's target commit, resolved against the plan's scope; the scope is narrowed
+    by dbt's state comparison when macros changed and the deployed commit's manifest is kept."""
     scope = spec.dbt_scope
+    assert scope is not None, "a dbt plan always has a scope"
+    comparable = spec.base_commit is not None and is_state_comparable(
+        spec.files, scope, has_base_manifest=True) and runtime.mirror(project).has_commit(spec.base_commit)
+    state = pin_base_manifest(runtime, project, spec) if comparable else None
+    if comparable and state is None:
+        scope = scope.model_copy(update={"reason": f"{scope.reason} (dbt's state comparison cannot narrow it: "
+                                          f"no manifest of the deployed commit {spec.base_commit[:12]} is kept)"})
+    result, graph = _parse(runtime, project, env, spec, state)
+    outcome = result.get("outcome")
+    if outcome == "project_error":
+        return scope, DbtImpact(status=ImpactStatus.PROJECT_ERROR, reason=result["message"])
+    if graph is None:
+        return scope, DbtImpact(status=ImpactStatus.UNAVAILABLE,
+                                reason=result.get("message", "dbt did not parse"))
+    base_hash = None
+    if state is not None and "modified" in result:
+        scope = build_state_scope(scope, result["modified"], graph, base_commit=spec.base_commit or "")
+        base_hash = hashlib.sha256((state / MANIFEST).read_bytes()).hexdigest()
+    parse = DbtParseInfo(mode=ParseMode(result["mode"]), seconds=result["seconds"])
     if scope.scope is Scope.SELECTIVE:
-        return build_selective_impact(graph, scope.selection, parse=parse,
-                                      includes_downstream=env.include_downstream)
-    if scope.scope is Scope.ALL:
-        return build_full_impact(graph, parse=parse)
-    return DbtImpact(status=ImpactStatus.RESOLVED, parse=parse, graph_hash=graph.content_hash())
+        impact = build_selective_impact(graph, scope.selection, parse=parse,
+                                        includes_downstream=env.include_downstream)
+    elif scope.scope is Scope.ALL:
+        impact = build_full_impact(graph, parse=parse)
+    else:
+        impact = DbtImpact(status=ImpactStatus.RESOLVED, parse=parse, graph_hash=graph.content_hash())
+    return scope, impact.model_copy(update={"base_manifest_hash": base_hash})
 
 
 def attach_dbt_impact(runtime: PlanRuntime, project: ProjectConfig, env: EnvironmentConfig,
                       spec: PlanSpec) -> PlanSpec:
-    """`spec` with its impact, sealed again (the fingerprint covers the resolved nodes); unchanged when
-    no dbt command runs and nothing was removed."""
+    """`spec` with its impact (and the scope dbt's state comparison chose), sealed again: the fingerprint
+    covers the resolved nodes and the base manifest. Unchanged when no dbt command runs and nothing was
+    removed."""
     if not requires_parse(spec):
         return spec
-    impact = build_dbt_impact(runtime, project, env, spec)
+    scope, impact = build_dbt_impact(runtime, project, env, spec)
     get_dagster_logger("dagctl").info(f"plan {spec.plan_id}: {render_impact_line(impact)}")
-    return seal_plan(spec.model_copy(update={"dbt_impact": impact}))
+    update: dict[str, Any] = {"dbt_impact": impact}
+    if scope != spec.dbt_scope:
+        update |= {"dbt_scope": scope,
+                   "commands": build_dbt_commands(project.dbt.commands, scope, target=env.dbt_target)}
+    return seal_plan(spec.model_copy(update=update))
 
 
 def _nodes_table(nodes, *, distance: bool) -> MetadataValue:

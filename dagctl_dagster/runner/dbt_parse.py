@@ -1,7 +1,7 @@
 """The `parse` step of a dbt plan: dbt's own parse of the pinned commit. Never connects to the warehouse.
 
     python -m dagctl_dagster.runner.dbt_parse --project-dir DIR --target-path DIR --target T --output FILE \\
-        [--packages-cache DIR]
+        [--packages-cache DIR] [--state DIR]
 
 It runs as its own process with the step environment (`core.steps.build_process_env`): dbt renders the
 project's Jinja and its profile, and that must see only what the deployment config gives the project's
@@ -12,7 +12,8 @@ When the project has packages, `dbt deps` runs first; `dbt_packages/` is kept in
 the hash of `package-lock.yml` (or of the packages file when there is no lock), so a plan with unchanged
 packages reuses it.
 
-The result is written to FILE as JSON: `{"outcome": "parsed", "mode": "cold"|"partial", "seconds": S}`, or
+The result is written to FILE as JSON: `{"outcome": "parsed", "mode": "cold"|"partial", "seconds": S}`
+(with `--state`, also `"modified": [fqn, ...]`: what `dbt ls --select state:modified --state DIR` lists), or
 `{"outcome": "project_error" | "environment_error", "message": "..."}`. A project error is the project's
 fault (a missing ref, broken YAML or Jinja): the plan fails. An environment error is the fault of where the
 parse ran (the adapter is not installed, a variable the profile or project reads is not set): the plan is
@@ -29,6 +30,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+EXECUTABLE_TYPES = ("model", "seed", "snapshot", "test", "unit_test")
 PACKAGE_FILES = ("package-lock.yml", "packages.yml", "dependencies.yml")
 
 
@@ -78,9 +80,10 @@ def _install_packages(runner, project_dir: Path, cache: Path | None, target: str
     return None
 
 
-def parse_project(project_dir: Path, target_path: Path, target: str, packages_cache: Path | None
-                  ) -> dict[str, object]:
-    """Runs `dbt deps` (if needed) and `dbt parse`; returns the result (see the module docstring)."""
+def parse_project(project_dir: Path, target_path: Path, target: str, packages_cache: Path | None,
+                  state: Path | None = None) -> dict[str, object]:
+    """Runs `dbt deps` (if needed) and `dbt parse`, then with `state` dbt's `ls --select state:modified`
+    against the manifest in that folder; returns the result (see the module docstring)."""
     from dbt.cli.main import dbtRunner
 
     events: list[str] = []
@@ -94,7 +97,18 @@ def parse_project(project_dir: Path, target_path: Path, target: str, packages_ca
     if not result.success:
         return {"outcome": _classify(result.exception), "message": _message(result.exception)}
     mode = "partial" if "PartialParsingEnabled" in events else "cold"
-    return {"outcome": "parsed", "mode": mode, "seconds": round(time.monotonic() - started, 3)}
+    parsed: dict[str, object] = {"outcome": "parsed", "mode": mode,
+                                 "seconds": round(time.monotonic() - started, 3)}
+    if state is not None:
+        listed = runner.invoke([
+            "ls", "--project-dir", str(project_dir), "--target-path", str(target_path), "--target", target,
+            "--state", str(state), "--select", "state:modified", "--resource-types", *EXECUTABLE_TYPES,
+            "--output", "json", "--output-keys", "fqn", "--quiet"])
+        if not listed.success:
+            return {"outcome": "environment_error",
+                    "message": f"dbt's state comparison failed: {_message(listed.exception)}"}
+        parsed["modified"] = sorted(json.loads(line)["fqn"] for line in listed.result or ())
+    return parsed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -105,9 +119,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--target", required=True)
     parser.add_argument("--output", required=True, type=Path)
     parser.add_argument("--packages-cache", default=None, type=Path)
+    parser.add_argument("--state", default=None, type=Path,
+                        help="Folder holding a base manifest.json: also list the nodes state:modified selects.")
     args = parser.parse_args(argv)
     try:
-        result = parse_project(args.project_dir, args.target_path, args.target, args.packages_cache)
+        result = parse_project(args.project_dir, args.target_path, args.target, args.packages_cache, args.state)
     except Exception as error:  # the step's boundary: dbt's own error, in one line
         result = {"outcome": "environment_error", "message": f"{type(error).__name__}: {_message(error)}"}
     args.output.write_text(json.dumps(result))

@@ -8,6 +8,7 @@ never opens the warehouse) and `dbt ls` is the reference for the resolved select
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -123,3 +124,31 @@ def test_missing_profile_variable_leaves_the_plan_explained_from_git(deployed, m
     assert "Env var required but not provided: 'DAGCTL_WAREHOUSE_DIR'" in impact.reason
     assert ("**Impact:** impact unavailable: Parsing Error Env var required but not provided: "
             "'DAGCTL_WAREHOUSE_DIR'") in deployed.summary(state.plan_id)
+
+
+MACRO = "macros/cents_to_dollars.sql"
+
+
+def change_macro(deployed) -> str:
+    return deployed.commit_change(MACRO, deployed.repo.read(MACRO).replace("decimal(18, 4)", "decimal(20, 4)"))
+
+
+def test_macro_used_by_one_model_selects_that_model_with_the_deployed_manifest(deployed):
+    change_macro(deployed)
+    state = deployed.explain()
+    scope, impact = state.spec.dbt_scope, state.spec.dbt_impact
+    assert (scope.scope, scope.selection) == ("selective", ("fqn:jaffle.marts.orders",))
+    assert scope.reason.startswith("macros changed; dbt's state comparison (state:modified) with the manifest "
+                                   f"of the deployed commit {state.spec.base_commit[:12]}")
+    assert state.spec.commands[0][-2:] == ("--select", "fqn:jaffle.marts.orders")
+    assert impact.base_manifest_hash and [n.unique_id for n in impact.downstream] == ["model.jaffle.customers"]
+    assert {n.unique_id for n in impact.selected if n.resource_type == "model"} == {"model.jaffle.orders"}
+
+
+def test_macro_change_without_the_deployed_manifest_is_a_full_build(deployed):
+    shutil.rmtree(deployed.storage_dir / "dbt_parse" / PROJECT)
+    change_macro(deployed)
+    state = deployed.explain()
+    assert state.spec.dbt_scope.scope == "all"
+    assert "no manifest of the deployed commit" in state.spec.dbt_scope.reason
+    assert state.spec.dbt_impact.counts == {"model": 4, "seed": 2, "test": 17}
