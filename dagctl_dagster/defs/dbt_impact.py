@@ -44,6 +44,7 @@ from ..core.dbt_impact import (
 from ..core.errors import DagctlStepError
 from ..core.plan import PlanSpec, seal_plan
 from ..core.steps import StepSpec
+from ..runner.dbt_parse import escape_undecodable
 from ..runner.step_guard import build_guard_argv
 from .local_backend import build_local_step_env, guarded_step, resolve_executable
 from .runtime import PlanRuntime
@@ -91,8 +92,9 @@ def run_dbt_parse(step: StepSpec, output: Path, *, work_dir: Path) -> dict[str, 
                               stderr=subprocess.STDOUT, text=True, bufsize=1, errors="replace") as process:
             assert process.stdout is not None
             for line in process.stdout:
-                tail.append(line.rstrip())
-                log.info(line.rstrip())
+                line = escape_undecodable(line.rstrip())
+                tail.append(line)
+                log.info(line)
     if output.exists():
         return json.loads(output.read_text())
     return {"outcome": "environment_error",

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import shutil
 import time
 from collections.abc import Sequence
@@ -35,19 +36,36 @@ PACKAGE_FILES = ("package-lock.yml", "packages.yml", "dependencies.yml")
 
 
 def _classify(error: BaseException | None) -> str:
-    """`environment_error` for what depends on where dbt runs, else `project_error`."""
-    from dbt.exceptions import DbtProfileError, EnvVarMissingError
+    """`project_error` for dbt's own errors about the project; `environment_error` for what depends on
+    where dbt runs (profile, adapter, variables) and for a crash inside dbt, which says nothing about the
+    project."""
+    from dbt.exceptions import DbtProfileError, DbtRuntimeError, EnvVarMissingError
 
-    if isinstance(error, (DbtProfileError, EnvVarMissingError)):
+    if not isinstance(error, DbtRuntimeError) or isinstance(error, (DbtProfileError, EnvVarMissingError)):
         return "environment_error"
-    if error is not None and ("Could not find adapter type" in str(error) or "No module named" in str(error)):
+    if "Could not find adapter type" in str(error):
         return "environment_error"
     return "project_error"
 
 
 def _message(error: BaseException | None) -> str:
-    text = " ".join(line.strip() for line in str(error or "dbt failed without a message").splitlines())
-    return text[:2000]
+    """dbt's message in one line. A byte of a file name that is not UTF-8 is written `\\xNN` (as Git
+    adapters write it), never as the lone surrogate Python decoded it to."""
+    if error is None:
+        return "dbt failed without a message"
+    text = str(error) if isinstance(error, Exception) and type(error).__module__.startswith("dbt") else (
+        f"dbt failed unexpectedly: {type(error).__name__}: {error}")
+    return " ".join(line.strip() for line in escape_undecodable(text).splitlines())[:2000]
+
+
+def escape_undecodable(text: str) -> str:
+    """`text` with each byte that was not UTF-8 written `\\xNN`, whether Python kept it as a lone surrogate
+    or wrote that surrogate out as `\\udcNN` (in an exception's message): the event log stays UTF-8.
+
+    Example: `escape_undecodable("caf\\udce9")` is `"caf\\\\xe9"`.
+    """
+    text = re.sub(r"\\udc([89a-f][0-9a-f])", r"\\x\1", text)
+    return "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else c for c in text)
 
 
 def _packages_hash(project_dir: Path) -> str | None:
