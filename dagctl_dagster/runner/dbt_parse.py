@@ -76,10 +76,18 @@ def _packages_hash(project_dir: Path) -> str | None:
     return None
 
 
+def _has_local_packages(project_dir: Path) -> bool:
+    """A `local:` package is part of the commit itself: its hash says nothing of its content."""
+    return any("local:" in (project_dir / name).read_text(errors="replace")
+               for name in PACKAGE_FILES if (project_dir / name).exists())
+
+
 def _install_packages(runner, project_dir: Path, cache: Path | None, target: str) -> BaseException | None:
     digest = _packages_hash(project_dir)
     if digest is None:
         return None
+    if _has_local_packages(project_dir):
+        cache = None
     cached = cache / digest / "dbt_packages" if cache else None
     if cached is not None and cached.is_dir():
         shutil.copytree(cached, project_dir / "dbt_packages", dirs_exist_ok=True)

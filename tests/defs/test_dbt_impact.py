@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dagster import AssetKey
 from fixtures.git_repos import DBT_PROFILES
 
 from dagctl_dagster.adapters.dbt_manifest import read_dbt_graph
@@ -69,6 +70,13 @@ def test_model_change_lists_the_model_its_tests_and_its_downstream_models(deploy
     summary = deployed.summary(state.plan_id)
     assert "**Impact:** runs 1 model, 4 tests; affects 2 downstream models (dbt parse: partial" in summary
     assert "| `model.jaffle.orders` | model | `models/marts/orders.sql` | 1 |" in summary
+    [record] = deployed.instance.fetch_materializations(AssetKey(["dagctl", PROJECT, ENV]), limit=1,
+                                                        ascending=False).records
+    metadata = record.asset_materialization.metadata
+    assert metadata["impact"].value == "runs 1 model, 4 tests; affects 2 downstream models"
+    assert [(r.data["unique_id"], r.data["distance"]) for r in metadata["impacted_nodes"].value.records] == [
+        ("model.jaffle.orders", 1), ("model.jaffle.customers", 2)]
+    assert len(metadata["selected_nodes"].value.records) == 5
 
     # The resolved selection is what dbt itself lists, with and without `+`.
     snapshot = deployed.runtime.snapshot_dir(deployed.runtime.deployment.get_project(PROJECT), commit)
