@@ -269,6 +269,30 @@ def build_full_impact(graph: DbtGraph, *, parse: DbtParseInfo | None) -> DbtImpa
                      counts=_count(n for n in graph.nodes.values() if n.resource_type in EXECUTABLE_TYPES))
 
 
+def describe_impact_drift(approved: DbtImpact | None, recomputed: DbtImpact | None) -> str | None:
+    """What differs between the approved impact and the one resolved again at execute, or `None`.
+
+    Example: `"dbt resolves other nodes than were approved: downstream now also model.p.new"`.
+    """
+    if approved is None or recomputed is None:
+        return None if approved == recomputed else "dbt's impact was not resolved the same way at execute"
+    if approved.fingerprint_material() == recomputed.fingerprint_material():
+        return None
+    parts = []
+    for label, before, after in (("selected", approved.selected, recomputed.selected),
+                                 ("downstream", approved.downstream, recomputed.downstream)):
+        was, now = {n.unique_id for n in before}, {n.unique_id for n in after}
+        if now - was:
+            parts.append(f"{label} now also {', '.join(sorted(now - was)[:10])}")
+        if was - now:
+            parts.append(f"{label} no longer {', '.join(sorted(was - now)[:10])}")
+    if approved.status is not recomputed.status:
+        parts.append(f"the parse is now {recomputed.status.value}: {recomputed.reason}")
+    if approved.base_manifest_hash != recomputed.base_manifest_hash:
+        parts.append("the base manifest differs")
+    return "dbt resolves other nodes than were approved: " + ("; ".join(parts) or "node counts differ")
+
+
 def render_impact_line(impact: DbtImpact) -> str:
     """One sentence for the summary: "runs 3 models, 5 tests; affects 12 downstream models, 1 exposure
     (weekly_revenue)"."""

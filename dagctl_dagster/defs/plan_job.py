@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..adapters.dbt import explain_dbt_plan
 from ..core.config import EnvironmentConfig, ProjectConfig
+from ..core.dbt_impact import describe_impact_drift
 from ..core.errors import DagctlError
 from ..core.lifecycle import (
     PlanState,
@@ -211,6 +212,9 @@ def build_plan_ops(runtime: PlanRuntime) -> PlanOps:
             base_commit=spec.base_commit, base_version=spec.version_old, triggered_by=spec.triggered_by,
             requested_by=spec.author, created_at=spec.created_at,
         ) if mirror.has_commit(spec.target_commit) else None
+        drift = describe_impact_drift(spec.dbt_impact, recomputed.dbt_impact) if recomputed else None
+        if drift:
+            context.log.warning(f"plan {plan_id}: {drift}")
         return Detected(spec=spec, recomputed_fingerprint=recomputed.fingerprint if recomputed else "",
                         is_execution=True)
 

@@ -50,6 +50,11 @@ def dbt_ls(project_dir: Path, selection: list[str], target_path: Path) -> set[st
     return {json.loads(line)["unique_id"] for line in out.splitlines() if line.startswith("{")}
 
 
+def log_messages(deployed, result) -> str:
+    """Every line of the run's log, as the run's page shows it."""
+    return "\n".join(entry.user_message for entry in deployed.instance.all_logs(result.run_id))
+
+
 def change_stg_orders(deployed) -> str:
     return deployed.commit_change(STG_ORDERS, deployed.repo.read(STG_ORDERS) + "-- reviewed\n")
 
@@ -106,6 +111,8 @@ def test_execute_refuses_when_the_resolved_nodes_differ_from_the_approved_ones(d
     result = deployed.execute_approved(plan_id)
     assert failed_step(result) == "gate"
     assert "differs from the approved fingerprint" in failure_message(result)
+    assert ("dbt resolves other nodes than were approved: downstream now also model.jaffle.orders_by_status"
+            in log_messages(deployed, result))
     assert not {"build", "execute"} & set(started_steps(result))
     assert deployed.state(plan_id).status is PlanStatus.REJECTED
 
