@@ -296,10 +296,11 @@ def describe_impact_drift(approved: DbtImpact | None, recomputed: DbtImpact | No
 def render_impact_line(impact: DbtImpact) -> str:
     """One sentence for the summary: "runs 3 models, 5 tests; affects 12 downstream models, 1 exposure
     (weekly_revenue)"."""
+    reason = " ".join(line.strip() for line in impact.reason.splitlines())
     if impact.status is ImpactStatus.UNAVAILABLE:
-        return f"impact unavailable: {impact.reason}"
+        return f"impact unavailable: {reason}"
     if impact.status is ImpactStatus.PROJECT_ERROR:
-        return f"dbt cannot parse the target commit: {impact.reason}"
+        return f"dbt cannot parse the target commit: {reason}"
     runs = _render_counts(impact.counts) or "no node"
     line = f"runs {runs}"
     if impact.includes_downstream:

@@ -84,8 +84,8 @@ class PlanSpec(BaseModel):
             return (f"SQLMesh unit tests failed: {', '.join(self.sqlmesh.failed_tests)}; fix them and push a new "
                     "commit (SQLMesh's report is in the plan's summary and in this run's log)")
         if self.dbt_impact is not None and self.dbt_impact.status is ImpactStatus.PROJECT_ERROR:
-            return (f"dbt cannot parse the project at {self.short_target}: {self.dbt_impact.reason}; fix the "
-                    "project and push a new commit")
+            return (f"dbt cannot parse the project at {self.short_target} (fix the project and push a new "
+                    f"commit):\n{self.dbt_impact.reason}")
         return None
 
     @property

@@ -49,13 +49,14 @@ def _classify(error: BaseException | None) -> str:
 
 
 def _message(error: BaseException | None) -> str:
-    """dbt's message in one line. A byte of a file name that is not UTF-8 is written `\\xNN` (as Git
+    """dbt's message, its lines as dbt shows them. A byte of a file name that is not UTF-8 is written `\\xNN` (as Git
     adapters write it), never as the lone surrogate Python decoded it to."""
     if error is None:
         return "dbt failed without a message"
     text = str(error) if isinstance(error, Exception) and type(error).__module__.startswith("dbt") else (
         f"dbt failed unexpectedly: {type(error).__name__}: {error}")
-    return " ".join(line.strip() for line in escape_undecodable(text).splitlines())[:2000]
+    # dbt's block as dbt prints it (the file, the problem, the offending lines), without trailing blanks.
+    return "\n".join(line.rstrip() for line in escape_undecodable(text).strip().splitlines())[:2000]
 
 
 def escape_undecodable(text: str) -> str:

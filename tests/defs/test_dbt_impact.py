@@ -126,7 +126,8 @@ def test_deleted_model_still_referenced_fails_the_plan_at_explain(deployed):
     assert state.status is PlanStatus.FAILED
     assert ("Model 'model.jaffle.orders' (models/marts/orders.sql) depends on a node named 'stg_orders' "
             "which was not found") in state.reason
-    assert state.reason.startswith("dbt cannot parse the project at ")
+    assert state.reason.startswith(f"dbt cannot parse the project at {state.spec.short_target} (fix the "
+                                   "project and push a new commit):\nCompilation Error\n")
 
 
 def test_missing_profile_variable_leaves_the_plan_explained_from_git(deployed, monkeypatch):
