@@ -16,6 +16,7 @@ from ..core.dbt_impact import DbtGraph, DbtGraphNode
 
 MANIFEST = "manifest.json"
 PARTIAL_PARSE = "partial_parse.msgpack"
+TARGET_FILE = "dbt_target"
 # Sections of the manifest whose entries are graph nodes.
 _SECTIONS = ("nodes", "sources", "exposures", "metrics", "semantic_models", "saved_queries", "unit_tests")
 
@@ -38,6 +39,13 @@ def read_dbt_graph(manifest_path: Path) -> DbtGraph:
                 name=node.get("name", unique_id), path=node.get("original_file_path") or "",
                 patch_path=node.get("patch_path"), fqn=tuple(node.get("fqn") or ()), parents=tuple(sorted(set(parents))))
     return DbtGraph.model_construct(nodes=nodes)
+
+
+def _read_target(entry: Path) -> str | None:
+    try:
+        return (entry / TARGET_FILE).read_text()
+    except OSError:
+        return None
 
 
 class DbtParseCache:
@@ -64,21 +72,25 @@ class DbtParseCache:
         path = self.folder / commit / MANIFEST
         return path if path.exists() else None
 
-    def seed(self, target_path: Path) -> bool:
-        """Copies the newest kept partial-parse file into `target_path`; returns whether there was one."""
-        for entry in self._entries():
+    def seed(self, target_path: Path, *, target: str = "") -> bool:
+        """Copies the newest kept partial-parse file into `target_path`, one parsed for the same dbt
+        `target` first (dbt parses from scratch when the profile differs); returns whether there was one."""
+        entries = self._entries()
+        same = [entry for entry in entries if _read_target(entry) == target]
+        for entry in [*same, *(entry for entry in entries if entry not in same)]:
             if (entry / PARTIAL_PARSE).exists():
                 target_path.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(entry / PARTIAL_PARSE, target_path / PARTIAL_PARSE)
                 return True
         return False
 
-    def store(self, commit: str, target_path: Path) -> None:
-        """Keeps the manifest and partial-parse file dbt wrote to `target_path` as `commit`'s, and drops
-        the oldest beyond `keep`."""
+    def store(self, commit: str, target_path: Path, *, target: str = "") -> None:
+        """Keeps the manifest and partial-parse file dbt wrote to `target_path` (parsing for dbt `target`)
+        as `commit`'s, and drops the oldest beyond `keep`."""
         staging = self.folder / f".{commit}.partial"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
+        (staging / TARGET_FILE).write_text(target)
         for name in (MANIFEST, PARTIAL_PARSE):
             if (target_path / name).exists():
                 shutil.copy2(target_path / name, staging / name)

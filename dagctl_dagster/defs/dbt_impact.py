@@ -130,14 +130,14 @@ def _parse(runtime: PlanRuntime, project: ProjectConfig, env: EnvironmentConfig,
     folder = Path(tempfile.mkdtemp(prefix=f"{spec.plan_id}-", dir=work))
     try:
         target_path = folder / "target"
-        cache.seed(target_path)
+        cache.seed(target_path, target=env.dbt_target)
         output = folder / "result.json"
         step = build_dbt_parse_step(runtime, project, env, snapshot, target_path, output, state=state)
         result = run_dbt_parse(step, output, work_dir=folder / "step")
         if result.get("outcome") != "parsed":
             return result, None
         graph = read_dbt_graph(target_path / MANIFEST)
-        cache.store(spec.target_commit, target_path)
+        cache.store(spec.target_commit, target_path, target=env.dbt_target)
         return result, graph
     finally:
         shutil.rmtree(folder, ignore_errors=True)
