@@ -13,6 +13,7 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict, Field
 
 from .dbt_changes import DbtScope, FileChange
+from .dbt_impact import DbtImpact, ImpactStatus
 from .errors import DagctlPlanError
 from .fingerprint import compute_fingerprint
 from .sqlmesh_plan import SqlmeshChangeSet
@@ -55,6 +56,8 @@ class PlanSpec(BaseModel):
     commits_ahead: int = 0
     files: tuple[FileChange, ...] = ()
     dbt_scope: DbtScope | None = None
+    dbt_impact: DbtImpact | None = Field(
+        default=None, description="dbt's parse of the target: the nodes run and affected (none: not parsed).")
     commands: tuple[tuple[str, ...], ...] = ()
     sqlmesh: SqlmeshChangeSet | None = None
     created_at: datetime
@@ -74,6 +77,18 @@ class PlanSpec(BaseModel):
         return tuple(paths)
 
     @property
+    def explain_failure(self) -> str | None:
+        """Why this plan failed at explain and can never execute (failing SQLMesh unit tests, a dbt project
+        that does not parse at the target), or `None`."""
+        if self.sqlmesh is not None and self.sqlmesh.failed_tests:
+            return (f"SQLMesh unit tests failed: {', '.join(self.sqlmesh.failed_tests)}; fix them and push a new "
+                    "commit (SQLMesh's report is in the plan's summary and in this run's log)")
+        if self.dbt_impact is not None and self.dbt_impact.status is ImpactStatus.PROJECT_ERROR:
+            return (f"dbt cannot parse the project at {self.short_target} (fix the project and push a new "
+                    f"commit):\n{self.dbt_impact.reason}")
+        return None
+
+    @property
     def has_changes(self) -> bool:
         if self.sqlmesh is not None:
             return self.sqlmesh.has_changes
@@ -82,7 +97,7 @@ class PlanSpec(BaseModel):
 
 def fingerprint_material(spec: PlanSpec) -> dict[str, object]:
     """Everything that decides what a plan runs; ids, times and the requester are left out."""
-    return {
+    material: dict[str, object] = {
         "project": spec.project,
         "environment": spec.environment,
         "framework": spec.framework.value,
@@ -94,6 +109,9 @@ def fingerprint_material(spec: PlanSpec) -> dict[str, object]:
         "commands": [list(argv) for argv in spec.commands],
         "sqlmesh": spec.sqlmesh.fingerprint_material() if spec.sqlmesh else None,
     }
+    if spec.dbt_impact is not None:  # absent, not null: plans recorded before impacts keep their fingerprint
+        material["dbt_impact"] = spec.dbt_impact.fingerprint_material()
+    return material
 
 
 def seal_plan(spec: PlanSpec) -> PlanSpec:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from .config import PersonConfig
 from .dbt_changes import Scope
+from .dbt_impact import DbtImpact, render_impact_line
 from .lifecycle import PlanState, PlanStatus
 from .people import get_plan_authors
 from .plan import PlanSpec
@@ -20,6 +21,7 @@ from .sqlmesh_plan import render_sqlmesh_summary
 
 REVIEW_JOB_NAME = "dagctl_review_job"
 MAX_FILES_SHOWN = 50
+MAX_NODES_SHOWN = 30
 
 
 def render_review_config(plan_id: str, decision: str = "approve", *, signed: bool = False) -> str:
@@ -45,6 +47,8 @@ def _render_change_set(spec: PlanSpec) -> list[str]:
                 "**Removed:** " + ", ".join(f"`{path}`" for path in scope.removed)
                 + " (dbt does not drop the relations of removed models: drop them by hand)"
             )]
+    if spec.dbt_impact is not None:
+        lines += _render_dbt_impact(spec.dbt_impact)
     if spec.sqlmesh is not None:
         lines += ["", render_sqlmesh_summary(spec.sqlmesh)]
     if spec.commands:
@@ -61,6 +65,25 @@ def _render_change_set(spec: PlanSpec) -> list[str]:
                          f"{change.change_type.value} |")
         if len(spec.files) > MAX_FILES_SHOWN:
             lines.append(f"| ... {len(spec.files) - MAX_FILES_SHOWN} more (see the files table) | | |")
+    return lines
+
+
+def _render_dbt_impact(impact: DbtImpact) -> list[str]:
+    parse = f" (dbt parse: {impact.parse.mode.value}, {impact.parse.seconds:.1f}s)" if impact.parse else ""
+    lines = ["", f"**Impact:** {render_impact_line(impact)}{parse}"]
+    for title, nodes, with_distance in (("Selected nodes", impact.selected, False),
+                                         ("Downstream, not run", impact.downstream, True)):
+        if not nodes:
+            continue
+        lines += ["", f"**{title} ({len(nodes)}):**", "",
+                  "| node | type | path |" + (" distance |" if with_distance else ""),
+                  "|---|---|---|" + ("---|" if with_distance else "")]
+        for node in nodes[:MAX_NODES_SHOWN]:
+            lines.append(f"| `{node.unique_id}` | {node.resource_type} | `{node.path}` |"
+                         + (f" {node.distance} |" if with_distance else ""))
+        if len(nodes) > MAX_NODES_SHOWN:
+            lines.append(f"| ... {len(nodes) - MAX_NODES_SHOWN} more (see the plan's node tables) | | |"
+                         + (" |" if with_distance else ""))
     return lines
 
 

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..adapters.dbt import explain_dbt_plan
 from ..core.config import EnvironmentConfig, ProjectConfig
+from ..core.dbt_impact import describe_impact_drift
 from ..core.errors import DagctlError
 from ..core.lifecycle import (
     PlanState,
@@ -42,6 +43,7 @@ from ..core.lifecycle import (
 )
 from ..core.plan import Framework, PlanSpec, build_plan_id
 from ..core.policy import SYSTEM_ACTOR, check_retry
+from .dbt_impact import attach_dbt_impact, impact_metadata
 from .execution import build_artifact, execute_plan
 from .runtime import PlanRuntime
 from .store import get_plan_state, read_plan_states
@@ -100,6 +102,7 @@ def plan_metadata(spec: PlanSpec) -> dict[str, Any]:
         metadata["scope"] = spec.dbt_scope.scope.value
         metadata["scope_reason"] = spec.dbt_scope.reason
         metadata["commands"] = MetadataValue.json([list(argv) for argv in spec.commands])
+        metadata.update(impact_metadata(spec))
     if spec.sqlmesh is not None:
         metadata["has_changes"] = spec.sqlmesh.has_changes
         metadata["sqlmesh_base_plan_id"] = spec.sqlmesh.base_plan_id or ""
@@ -118,11 +121,12 @@ def _explain(runtime: PlanRuntime, project: ProjectConfig, env: EnvironmentConfi
              target: str, base_commit: str | None, base_version: str | None, triggered_by: str,
              requested_by: str | None, created_at=None) -> PlanSpec:
     if project.framework == Framework.DBT:
-        return explain_dbt_plan(
+        spec = explain_dbt_plan(
             runtime.mirror(project), project, env, plan_id=plan_id, target_commit=target,
             base_commit=base_commit, base_version=base_version, triggered_by=triggered_by,
             requested_by=requested_by, now=created_at or runtime.clock(),
         )
+        return attach_dbt_impact(runtime, project, env, spec)
     from .sqlmesh_plans import explain_sqlmesh_spec
 
     return explain_sqlmesh_spec(
@@ -208,6 +212,9 @@ def build_plan_ops(runtime: PlanRuntime) -> PlanOps:
             base_commit=spec.base_commit, base_version=spec.version_old, triggered_by=spec.triggered_by,
             requested_by=spec.author, created_at=spec.created_at,
         ) if mirror.has_commit(spec.target_commit) else None
+        drift = describe_impact_drift(spec.dbt_impact, recomputed.dbt_impact) if recomputed else None
+        if drift:
+            context.log.warning(f"plan {plan_id}: {drift}")
         return Detected(spec=spec, recomputed_fingerprint=recomputed.fingerprint if recomputed else "",
                         is_execution=True)
 
@@ -218,10 +225,8 @@ def build_plan_ops(runtime: PlanRuntime) -> PlanOps:
         project = project_of(context)
         env = project.get_environment(spec.environment)
         state = get_plan_state(context.instance, spec.plan_id)
-        failed_tests = spec.sqlmesh.failed_tests if spec.sqlmesh is not None else ()
-        if failed_tests:  # no plan exists for this commit: it is failed at explain and never executes
-            reason = (f"SQLMesh unit tests failed: {', '.join(failed_tests)}; fix them and push a new commit "
-                      "(SQLMesh's report is in the plan's summary and in this run's log)")
+        reason = spec.explain_failure
+        if reason:  # no plan exists for this commit: it is failed at explain and never executes
             if not detected.is_execution:
                 runtime.record(context, build_status_event(
                     state, PlanStatus.FAILED, actor=SYSTEM_ACTOR, at=runtime.clock(), reason=reason,

@@ -198,7 +198,9 @@ def test_a_selected_file_that_holds_no_node_fails_the_plan_naming_it(deployed):
     assert warehouse_materializations(result) == []
 
 
-@pytest.mark.parametrize("name", ["models/my model.sql", "models/two\nlines.sql", "models/a,b.sql"])
+# A space in a folder, not in the model's name: dbt refuses a model named with a space at parse, and the
+# plan then fails at explain, like every project error (tests/defs/test_dbt_impact.py).
+@pytest.mark.parametrize("name", ["models/my folder/model.sql", "models/two\nlines.sql", "models/a,b.sql"])
 def test_a_file_name_without_an_exact_selection_plans_a_full_build_naming_it(deployed, name):
     deployed.repo.commit("Odd name", {name: "select 1 as x\n", ".dagctl/config.yaml": 'version: "2"\n'})
 

@@ -207,9 +207,10 @@ def test_a_broken_dbt_project_yml_fails_the_plan_with_dbts_whole_error_block(pro
         probe.repo.commit("Fix dbt_project.yml", {"dbt_project.yml": original})
 
     assert not result.success and plan.status is PlanStatus.FAILED
-    reason = plan.reason.removeprefix("`dbt build --target dev` failed: ")
-    lines = reason.splitlines()
-    assert lines[:3] == ["Encountered an error:", "Runtime Error", "  Syntax error near line 9"]
+    # dbt's parse of the commit fails it at explain, before any approval (tests/defs/test_dbt_impact.py).
+    lines = plan.reason.splitlines()
+    assert lines[:3] == [f"dbt cannot parse the project at {plan.spec.short_target} (fix the project and push a "
+                         "new commit):", "Runtime Error", "  Syntax error near line 9"]
     assert "  9  |    broken: [" in lines  # the offending line, as dbt shows it
     assert "  did not find expected key" in lines
     assert lines[-1] == '    in "<unicode string>", line 9, column 4'

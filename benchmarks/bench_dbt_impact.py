@@ -1,0 +1,221 @@
+"""Cost of a dbt plan's impact (dbt parse in its own step, then our resolution) against dbt's own, in one run.
+
+    .venv/bin/python benchmarks/bench_dbt_impact.py [--models 2000] [--commits 1000] [--files 100] [--quick]
+
+Uses the generated repository of `bench_dbt_detect.py` (same project, same history: `--commits` commits
+touching `--files` files between base and target). Exports the base and target checkouts, then measures:
+
+1. Warm impact / dbt's own: our impact (the `parse` step process, `python -m dagctl_dagster.runner.dbt_parse`,
+   then reading the manifest and resolving the plan's `path:` selection with its downstream nodes) with a
+   warm cache (the base commit's `partial_parse.msgpack`, as the last plan leaves it), divided by
+   `dbt parse` + `dbt ls --select <the same selection, each with +>` with the same warm cache. Target: <= 1.2.
+2. Warm impact / cold impact (no partial-parse file). Target: <= 0.3.
+3. A macro used by 5 models is changed: the nodes the plan runs (dbt's `state:modified` against the
+   previous commit's manifest, our exact fqn selection, tests included by eager indirect selection) divided
+   by the nodes a full `dbt build` runs. Target: <= 0.01.
+4. Peak memory (VmHWM) of the parse step process, reported (the git-only `detect` is unchanged: see
+   `bench_dbt_detect.py` for its targets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_dbt_detect import NOW, PROFILES, generate_repository  # noqa: E402
+
+from dagctl_dagster.adapters.dbt import explain_dbt_plan  # noqa: E402
+from dagctl_dagster.adapters.dbt_manifest import MANIFEST, PARTIAL_PARSE, read_dbt_graph  # noqa: E402
+from dagctl_dagster.adapters.git import GitMirror  # noqa: E402
+from dagctl_dagster.core.config import ProjectConfig  # noqa: E402
+from dagctl_dagster.core.dbt_impact import (  # noqa: E402
+    EXECUTABLE_TYPES,
+    build_selective_impact,
+    build_state_scope,
+    resolve_path_selection,
+)
+
+DBT = Path(sys.executable).with_name("dbt")
+TARGET_DBT_RATIO = 1.2
+TARGET_WARM_RATIO = 0.3
+TARGET_MACRO_RATIO = 0.01
+MACRO_MODELS = 5
+# Runs the parse step and writes its peak RSS next to its result.
+PROBE = """\
+import os, re, runpy, sys
+from pathlib import Path
+sys.argv = ["dbt_parse", *sys.argv[2:]]
+try:
+    runpy.run_module("dagctl_dagster.runner.dbt_parse", run_name="__main__")
+except SystemExit:
+    pass
+Path(os.environ["BENCH_RSS_FILE"]).write_text(
+    re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1))
+"""
+
+
+def progress(message: str) -> None:
+    print(f"... {message}", file=sys.stderr, flush=True)
+
+
+def dbt_env(profiles: Path) -> dict[str, str]:
+    return {**os.environ, "DBT_PROFILES_DIR": str(profiles), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+            "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+
+def fresh_target(work: Path, name: str, seed: Path | None) -> Path:
+    target = work / name
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    if seed is not None:
+        shutil.copy2(seed, target / PARTIAL_PARSE)
+    return target
+
+
+def run_parse_step(project: Path, target: Path, profiles: Path, *, state: Path | None = None
+                   ) -> tuple[dict, float]:
+    """The parse step as a plan runs it (its own process); returns its result and peak RSS (MB)."""
+    output, rss = target / "result.json", target / "rss"
+    argv = [sys.executable, "-c", PROBE, "-", "--project-dir", str(project), "--target-path", str(target),
+            "--target", "prod", "--output", str(output), *(["--state", str(state)] if state else [])]
+    subprocess.run(argv, env={**dbt_env(profiles), "BENCH_RSS_FILE": str(rss)}, check=True,
+                   capture_output=True)
+    result = json.loads(output.read_text())
+    if result.get("outcome") != "parsed":
+        raise SystemExit(f"parse step failed: {result}")
+    return result, int(rss.read_text()) / 1024
+
+
+def our_impact(project: Path, target: Path, profiles: Path, selection: tuple[str, ...]):
+    result, rss = run_parse_step(project, target, profiles)
+    impact = build_selective_impact(read_dbt_graph(target / MANIFEST), selection, parse=None)
+    return result, rss, impact
+
+
+def dbt_own(project: Path, target: Path, profiles: Path, selection: tuple[str, ...]) -> set[str]:
+    """dbt's own: `dbt parse`, then `dbt ls --select <selection>+`, with the same partial-parse file."""
+    common = ["--project-dir", str(project), "--target-path", str(target), "--target", "prod"]
+    subprocess.run([str(DBT), "--quiet", "parse", *common], env=dbt_env(profiles), check=True)
+    out = subprocess.run([str(DBT), "--quiet", "ls", *common, "--select", *(f"{c}+" for c in selection),
+                          "--output", "json", "--output-keys", "unique_id"],
+                         env=dbt_env(profiles), check=True, capture_output=True, text=True).stdout
+    return {json.loads(line)["unique_id"] for line in out.splitlines() if line.startswith("{")}
+
+
+def timed(action):
+    started = time.perf_counter()
+    value = action()
+    return time.perf_counter() - started, value
+
+
+def add_macro(checkout: Path, body: str, models: list[str]) -> None:
+    (checkout / "macros").mkdir(exist_ok=True)
+    (checkout / "macros" / "bench_macro.sql").write_text(
+        "{% macro bench_macro() %}" + body + "{% endmacro %}\n")
+    for path in models:
+        text = (checkout / path).read_text()
+        if "bench_macro" not in text:
+            (checkout / path).write_text(text + "\n-- {{ bench_macro() }}\n")
+
+
+def measure(root: Path, args: argparse.Namespace) -> None:
+    progress(f"generating {args.models} models and {args.commits} commits touching {args.files} files")
+    repository = generate_repository(root, args.models, args.commits, args.files)
+    mirror = GitMirror(repository.url, root / "mirror")
+    mirror.ensure()
+    project = ProjectConfig.model_validate(
+        {"name": "bench", "framework": "dbt", "repository": repository.url, "environments": [{"name": "prod"}]})
+    spec = explain_dbt_plan(mirror, project, project.environments[0], plan_id="bench-prod-00000000",
+                            target_commit=repository.target, base_commit=repository.base, base_version="1",
+                            triggered_by="sensor", requested_by=None, now=NOW)
+    selection = spec.dbt_scope.selection
+    base = mirror.export_snapshot(repository.base, root / "checkouts" / "base")
+    target = mirror.export_snapshot(repository.target, root / "checkouts" / "target")
+    profiles = root / "profiles"
+    profiles.mkdir()
+    (profiles / "profiles.yml").write_text(PROFILES.format(path=root / "bench.duckdb"))
+    work = root / "work"
+
+    progress("parsing the base commit (the last plan's parse: its partial-parse file is the warm cache)")
+    base_target = fresh_target(work, "base", None)
+    run_parse_step(base, base_target, profiles)
+    warm_cache = base_target / PARTIAL_PARSE
+
+    progress("cold impact (no partial-parse file)")
+    cold_s, (cold_result, cold_rss, cold_impact) = timed(
+        lambda: our_impact(target, fresh_target(work, "cold", None), profiles, selection))
+    progress("warm impact, then dbt parse + dbt ls with the same warm cache")
+    warm_s, (warm_result, warm_rss, warm_impact) = timed(
+        lambda: our_impact(target, fresh_target(work, "warm", warm_cache), profiles, selection))
+    dbt_s, dbt_ids = timed(lambda: dbt_own(target, fresh_target(work, "dbt", warm_cache), profiles, selection))
+    ours_with_downstream = resolve_path_selection(read_dbt_graph(work / "warm" / MANIFEST),
+                                                  [f"{c}+" for c in selection])[0]
+    executable_dbt = {uid for uid in dbt_ids if uid.split(".")[0] in EXECUTABLE_TYPES}
+
+    progress(f"a macro used by {MACRO_MODELS} models: state:modified against the previous manifest")
+    staging = sorted(str(p.relative_to(target)) for p in (target / "models").rglob("*.sql")
+                     if "staging" in str(p))[:MACRO_MODELS]
+    macro_base = root / "checkouts" / "macro_base"
+    shutil.copytree(target, macro_base)
+    add_macro(macro_base, "1", staging)
+    macro_base_target = fresh_target(work, "macro_base", work / "warm" / PARTIAL_PARSE)
+    run_parse_step(macro_base, macro_base_target, profiles)
+    state = work / "state"
+    state.mkdir()
+    shutil.copy2(macro_base_target / MANIFEST, state / MANIFEST)
+    macro_target = root / "checkouts" / "macro_target"
+    shutil.copytree(macro_base, macro_target)
+    add_macro(macro_target, "2", staging)
+    macro_target_path = fresh_target(work, "macro_target", macro_base_target / PARTIAL_PARSE)
+    macro_result, _ = run_parse_step(macro_target, macro_target_path, profiles, state=state)
+    graph = read_dbt_graph(macro_target_path / MANIFEST)
+    scope = build_state_scope(spec.dbt_scope, macro_result["modified"], graph, base_commit=repository.target)
+    run_nodes = resolve_path_selection(graph, scope.selection)[0]
+    full = [n for n in graph.nodes.values() if n.resource_type in EXECUTABLE_TYPES]
+
+    dbt_ratio, warm_ratio, macro_ratio = warm_s / dbt_s, warm_s / cold_s, len(run_nodes) / len(full)
+    same = ours_with_downstream == executable_dbt
+    print(f"dbt impact benchmark: {args.models} models, {args.commits} commits touching {args.files} files "
+          f"({len(selection)} path: criteria)")
+    print(f"cold impact (parse step + resolution)     {cold_s:8.2f} s  ({cold_result['mode']} parse)")
+    print(f"warm impact                               {warm_s:8.2f} s  ({warm_result['mode']} parse)")
+    print(f"dbt parse + dbt ls <selection>+, warm     {dbt_s:8.2f} s")
+    print(f"parse step peak RSS (cold / warm)         {cold_rss:8.1f} / {warm_rss:.1f} MB")
+    print(f"selected {len(warm_impact.selected)} nodes, {len(warm_impact.downstream)} downstream; "
+          f"selection+ equals dbt ls: {same}")
+    print(f"macro in {MACRO_MODELS} models: runs {len(run_nodes)} of {len(full)} nodes "
+          f"({len(scope.selection)} fqn criteria)")
+    print()
+    for label, value, target_value in (("warm impact / dbt parse + ls", dbt_ratio, TARGET_DBT_RATIO),
+                                       ("warm / cold impact", warm_ratio, TARGET_WARM_RATIO),
+                                       ("macro: nodes run / full build", macro_ratio, TARGET_MACRO_RATIO)):
+        print(f"{label:40s} {value:8.4f}  <= {target_value:<6} {'PASS' if value <= target_value else 'FAIL'}")
+    if not same or cold_impact.counts != warm_impact.counts:
+        raise SystemExit("answers differ: our resolution is not dbt's")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=int, default=2000)
+    parser.add_argument("--commits", type=int, default=1000)
+    parser.add_argument("--files", type=int, default=100)
+    parser.add_argument("--quick", action="store_true", help="200 models, 100 commits, 20 files")
+    args = parser.parse_args()
+    if args.quick:
+        args.models, args.commits, args.files = 200, 100, 20
+    with tempfile.TemporaryDirectory(prefix="bench-dbt-impact-") as folder:
+        measure(Path(folder), args)
+
+
+if __name__ == "__main__":
+    main()

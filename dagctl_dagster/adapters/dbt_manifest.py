@@ -1,0 +1,100 @@
+"""dbt's manifest: the graph of a parsed project, and the parse state kept between plans.
+
+`read_dbt_graph` turns dbt's `manifest.json` into the `core.dbt_impact.DbtGraph` the impact is computed on.
+`DbtParseCache` keeps, per project, the manifest and dbt's `partial_parse.msgpack` of the last few parsed
+commits (`storage_dir/dbt_parse/<project>/<commit>/`), so the next plan's parse starts from the newest one
+and dbt re-parses only the files that changed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from ..core.dbt_impact import DbtGraph, DbtGraphNode
+
+MANIFEST = "manifest.json"
+PARTIAL_PARSE = "partial_parse.msgpack"
+TARGET_FILE = "dbt_target"
+# Sections of the manifest whose entries are graph nodes.
+_SECTIONS = ("nodes", "sources", "exposures", "metrics", "semantic_models", "saved_queries", "unit_tests")
+
+
+def read_dbt_graph(manifest_path: Path) -> DbtGraph:
+    """The graph of a `manifest.json` written by dbt (enabled nodes only: disabled ones run nowhere).
+
+    Example: `read_dbt_graph(target / "manifest.json").nodes["model.jaffle.orders"].parents`.
+    """
+    manifest = json.loads(manifest_path.read_text())
+    parent_map: dict[str, list[str]] = manifest.get("parent_map") or {}
+    nodes = {}
+    for section in _SECTIONS:
+        for unique_id, node in (manifest.get(section) or {}).items():
+            parents = parent_map.get(unique_id)
+            if parents is None:
+                parents = (node.get("depends_on") or {}).get("nodes") or []
+            nodes[unique_id] = DbtGraphNode.model_construct(
+                unique_id=unique_id, resource_type=node.get("resource_type", section.rstrip("s")),
+                name=node.get("name", unique_id), path=node.get("original_file_path") or "",
+                patch_path=node.get("patch_path"), fqn=tuple(node.get("fqn") or ()), parents=tuple(sorted(set(parents))))
+    return DbtGraph.model_construct(nodes=nodes)
+
+
+def _read_target(entry: Path) -> str | None:
+    try:
+        return (entry / TARGET_FILE).read_text()
+    except OSError:
+        return None
+
+
+class DbtParseCache:
+    """The parse state (manifest, partial-parse file) of a project's last `keep` parsed commits.
+
+    Example:
+        cache = DbtParseCache(storage_dir / "dbt_parse" / "jaffle")
+        cache.seed(target_path)            # newest partial-parse file, before dbt parses
+        cache.store(commit, target_path)   # after a successful parse
+    """
+
+    def __init__(self, folder: Path, *, keep: int = 3):
+        self.folder = folder
+        self.keep = keep
+
+    def _entries(self) -> list[Path]:
+        if not self.folder.is_dir():
+            return []
+        entries = [path for path in self.folder.iterdir() if (path / MANIFEST).exists()]
+        return sorted(entries, key=lambda path: (path / MANIFEST).stat().st_mtime_ns, reverse=True)
+
+    def manifest_of(self, commit: str) -> Path | None:
+        """The kept manifest of `commit`, if it is still kept."""
+        path = self.folder / commit / MANIFEST
+        return path if path.exists() else None
+
+    def seed(self, target_path: Path, *, target: str = "") -> bool:
+        """Copies the newest kept partial-parse file into `target_path`, one parsed for the same dbt
+        `target` first (dbt parses from scratch when the profile differs); returns whether there was one."""
+        entries = self._entries()
+        same = [entry for entry in entries if _read_target(entry) == target]
+        for entry in [*same, *(entry for entry in entries if entry not in same)]:
+            if (entry / PARTIAL_PARSE).exists():
+                target_path.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(entry / PARTIAL_PARSE, target_path / PARTIAL_PARSE)
+                return True
+        return False
+
+    def store(self, commit: str, target_path: Path, *, target: str = "") -> None:
+        """Keeps the manifest and partial-parse file dbt wrote to `target_path` (parsing for dbt `target`)
+        as `commit`'s, and drops the oldest beyond `keep`."""
+        staging = self.folder / f".{commit}.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        (staging / TARGET_FILE).write_text(target)
+        for name in (MANIFEST, PARTIAL_PARSE):
+            if (target_path / name).exists():
+                shutil.copy2(target_path / name, staging / name)
+        shutil.rmtree(self.folder / commit, ignore_errors=True)
+        staging.rename(self.folder / commit)
+        for old in self._entries()[self.keep:]:
+            shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,217 @@
+"""The impact of a dbt plan: dbt's parse of the pinned commit, as a step, inside `detect`.
+
+`detect` first explains a dbt plan from Git alone (`adapters.dbt.explain_dbt_plan`). When dbt has something
+to run (or a model was removed, which dbt may still find referenced), `attach_dbt_impact` exports the plan's
+snapshot, runs `python -m dagctl_dagster.runner.dbt_parse` in it as a guarded process whose environment is
+exactly the environment's declared one (like `execute`), and resolves the plan's selection on the manifest
+(`core.dbt_impact`). The impact is part of the sealed spec: the fingerprint covers the resolved nodes, and
+`execute` re-parses and re-resolves them (through the same `detect`), so `gate` refuses a plan whose nodes
+differ from the approved ones.
+
+The parse never connects to the warehouse. On the Kubernetes backend it runs as a local process in the run
+worker too (the code location's image has dbt and the adapter; a parse pod would cost an image pull and a
+pod start per plan for a few seconds of work).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import tempfile
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from dagster import MetadataValue, TableColumn, TableRecord, TableSchema, get_dagster_logger
+
+from ..adapters.dbt_manifest import MANIFEST, DbtParseCache, read_dbt_graph
+from ..core.config import EnvironmentConfig, ProjectConfig
+from ..core.dbt_changes import DbtScope, Scope, build_dbt_commands
+from ..core.dbt_impact import (
+    DbtGraph,
+    DbtImpact,
+    DbtParseInfo,
+    ImpactStatus,
+    ParseMode,
+    build_full_impact,
+    build_selective_impact,
+    build_state_scope,
+    is_state_comparable,
+    render_impact_line,
+)
+from ..core.errors import DagctlStepError
+from ..core.plan import PlanSpec, seal_plan
+from ..core.steps import StepSpec
+from ..runner.dbt_parse import escape_undecodable
+from ..runner.step_guard import build_guard_argv
+from .local_backend import build_local_step_env, guarded_step, resolve_executable
+from .runtime import PlanRuntime
+
+_TAIL_LINES = 20
+
+
+def requires_parse(spec: PlanSpec) -> bool:
+    """A plan needs dbt's parse when dbt runs something, or when a node was removed (still referenced?)."""
+    scope = spec.dbt_scope
+    return scope is not None and (scope.requires_dbt or bool(scope.removed))
+
+
+def build_dbt_parse_step(runtime: PlanRuntime, project: ProjectConfig, env: EnvironmentConfig, snapshot: Path,
+                         target_path: Path, output: Path, *, state: Path | None = None) -> StepSpec:
+    """The parse step: `dbt deps` (when the project has packages) and `dbt parse` of the snapshot; with
+    `state`, dbt's `state:modified` against the manifest in that folder too."""
+    from .sqlmesh_plans import build_declared_step
+
+    argv = ("python", "-m", "dagctl_dagster.runner.dbt_parse", "--project-dir", str(snapshot),
+            "--target-path", str(target_path), "--target", env.dbt_target, "--output", str(output),
+            "--packages-cache", str(runtime.storage_dir / "dbt_packages" / project.name),
+            *(("--state", str(state)) if state is not None else ()))
+    return build_declared_step(
+        project, env, name="parse", argv=argv, working_dir=str(snapshot),
+        env_vars={"DBT_PROFILES_DIR": str(runtime.profiles_dir(project, snapshot)),
+                  "DBT_LOG_PATH": str(target_path), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"},
+        labels={"dagctl/project": project.name, "dagctl/environment": env.name})
+
+
+def run_dbt_parse(step: StepSpec, output: Path, *, work_dir: Path) -> dict[str, Any]:
+    """Runs the parse step behind the step guard with exactly its declared environment; returns its result.
+
+    A declared secret missing from the code location is an environment problem like any other.
+    """
+    log = get_dagster_logger("dagctl")
+    try:
+        env = build_local_step_env(step)
+    except DagctlStepError as error:
+        return {"outcome": "environment_error", "message": str(error)}
+    tail: deque[str] = deque(maxlen=_TAIL_LINES)
+    with guarded_step(work_dir) as record:
+        argv = build_guard_argv([resolve_executable(step.argv[0]), *step.argv[1:]], keep=env, record=str(record))
+        with subprocess.Popen(argv, cwd=step.working_dir, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, bufsize=1, errors="replace") as process:
+            assert process.stdout is not None
+            for line in process.stdout:
+                line = escape_undecodable(line.rstrip())
+                tail.append(line)
+                log.info(line)
+    if output.exists():
+        return json.loads(output.read_text())
+    return {"outcome": "environment_error",
+            "message": f"dbt's parse step exited with code {process.returncode}: " + " ".join(tail)}
+
+
+def pin_base_manifest(runtime: PlanRuntime, project: ProjectConfig, spec: PlanSpec) -> Path | None:
+    """The folder holding the deployed commit's manifest for this plan's state comparison, or `None`.
+
+    Pinned per plan (`storage_dir/dbt_state/<project>/<plan id>/manifest.json`) when the plan is explained,
+    so the re-resolution at execute compares with the same bytes, whatever the parse cache kept since.
+    """
+    pinned = runtime.storage_dir / "dbt_state" / project.name / spec.plan_id
+    if (pinned / MANIFEST).exists():
+        return pinned
+    base = DbtParseCache(runtime.storage_dir / "dbt_parse" / project.name).manifest_of(spec.base_commit or "-")
+    if base is None:
+        return None
+    pinned.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(base, pinned / MANIFEST)
+    return pinned
+
+
+def _parse(runtime: PlanRuntime, project: ProjectConfig, env: EnvironmentConfig, spec: PlanSpec,
+           state: Path | None) -> tuple[dict[str, Any], DbtGraph | None]:
+    """dbt's parse of the plan's snapshot (its result, and the graph when it parsed)."""
+    mirror = runtime.mirror(project)
+    snapshot = mirror.export_snapshot(spec.target_commit, runtime.snapshot_dir(project, spec.target_commit),
+                                      subdirectory=project.subdirectory)
+    cache = DbtParseCache(runtime.storage_dir / "dbt_parse" / project.name)
+    work = runtime.storage_dir / "dbt_parse" / ".work"
+    work.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"{spec.plan_id}-", dir=work))
+    try:
+        target_path = folder / "target"
+        cache.seed(target_path, target=env.dbt_target)
+        output = folder / "result.json"
+        step = build_dbt_parse_step(runtime, project, env, snapshot, target_path, output, state=state)
+        result = run_dbt_parse(step, output, work_dir=folder / "step")
+        if result.get("outcome") != "parsed":
+            return result, None
+        graph = read_dbt_graph(target_path / MANIFEST)
+        cache.store(spec.target_commit, target_path, target=env.dbt_target)
+        return result, graph
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def build_dbt_impact(runtime: PlanRuntime, project: ProjectConfig, env: EnvironmentConfig,
+                     spec: PlanSpec) -> tuple[DbtScope, DbtImpact]:
+    """dbt's parse of the plan's target commit, resolved against the plan's scope; the scope is narrowed
+    by dbt's state comparison when macros changed and the deployed commit's manifest is kept."""
+    scope = spec.dbt_scope
+    assert scope is not None, "a dbt plan always has a scope"
+    comparable = spec.base_commit is not None and is_state_comparable(
+        spec.files, scope, has_base_manifest=True) and runtime.mirror(project).has_commit(spec.base_commit)
+    state = pin_base_manifest(runtime, project, spec) if comparable else None
+    if comparable and state is None:
+        scope = scope.model_copy(update={"reason": f"{scope.reason} (dbt's state comparison cannot narrow it: "
+                                          f"no manifest of the deployed commit {spec.base_commit[:12]} is kept)"})
+    result, graph = _parse(runtime, project, env, spec, state)
+    outcome = result.get("outcome")
+    if outcome == "project_error":
+        return scope, DbtImpact(status=ImpactStatus.PROJECT_ERROR, reason=result["message"])
+    if graph is None:
+        return scope, DbtImpact(status=ImpactStatus.UNAVAILABLE,
+                                reason=result.get("message", "dbt did not parse"))
+    base_hash = None
+    if state is not None and "modified" in result:
+        scope = build_state_scope(scope, result["modified"], graph, base_commit=spec.base_commit or "")
+        base_hash = hashlib.sha256((state / MANIFEST).read_bytes()).hexdigest()
+    parse = DbtParseInfo(mode=ParseMode(result["mode"]), seconds=result["seconds"])
+    if scope.scope is Scope.SELECTIVE:
+        impact = build_selective_impact(graph, scope.selection, parse=parse,
+                                        includes_downstream=env.include_downstream)
+    elif scope.scope is Scope.ALL:
+        impact = build_full_impact(graph, parse=parse)
+    else:
+        impact = DbtImpact(status=ImpactStatus.RESOLVED, parse=parse, graph_hash=graph.content_hash())
+    return scope, impact.model_copy(update={"base_manifest_hash": base_hash})
+
+
+def attach_dbt_impact(runtime: PlanRuntime, project: ProjectConfig, env: EnvironmentConfig,
+                      spec: PlanSpec) -> PlanSpec:
+    """`spec` with its impact (and the scope dbt's state comparison chose), sealed again: the fingerprint
+    covers the resolved nodes and the base manifest. Unchanged when no dbt command runs and nothing was
+    removed."""
+    if not requires_parse(spec):
+        return spec
+    scope, impact = build_dbt_impact(runtime, project, env, spec)
+    get_dagster_logger("dagctl").info(f"plan {spec.plan_id}: {render_impact_line(impact)}")
+    update: dict[str, Any] = {"dbt_impact": impact}
+    if scope != spec.dbt_scope:
+        update |= {"dbt_scope": scope,
+                   "commands": build_dbt_commands(project.dbt.commands, scope, target=env.dbt_target)}
+    return seal_plan(spec.model_copy(update=update))
+
+
+def _nodes_table(nodes, *, distance: bool) -> MetadataValue:
+    columns = [TableColumn("unique_id"), TableColumn("resource_type"), TableColumn("path")]
+    if distance:
+        columns.append(TableColumn("distance", "int"))
+    records = [TableRecord({"unique_id": n.unique_id, "resource_type": n.resource_type, "path": n.path,
+                            **({"distance": n.distance} if distance else {})}) for n in nodes]
+    return MetadataValue.table(records, schema=TableSchema(columns=columns))
+
+
+def impact_metadata(spec: PlanSpec) -> dict[str, Any]:
+    """Asset metadata of a dbt plan's impact: the one-line summary, the parse, the node tables."""
+    impact = spec.dbt_impact
+    if impact is None:
+        return {}
+    metadata: dict[str, Any] = {"impact": render_impact_line(impact), "impact_status": impact.status.value}
+    if impact.parse is not None:
+        metadata["dbt_parse"] = f"{impact.parse.mode.value}, {impact.parse.seconds:.1f}s"
+    if impact.is_resolved:
+        metadata["nodes_run"] = MetadataValue.json(impact.counts)
+        metadata["selected_nodes"] = _nodes_table(impact.selected, distance=False)
+        metadata["impacted_nodes"] = _nodes_table(impact.downstream, distance=True)
+    return metadata

@@ -1,0 +1,161 @@
+"""The `parse` step of a dbt plan: dbt's own parse of the pinned commit. Never connects to the warehouse.
+
+    python -m dagctl_dagster.runner.dbt_parse --project-dir DIR --target-path DIR --target T --output FILE \\
+        [--packages-cache DIR] [--state DIR]
+
+It runs as its own process with the step environment (`core.steps.build_process_env`): dbt renders the
+project's Jinja and its profile, and that must see only what the deployment config gives the project's
+steps. With a `partial_parse.msgpack` in the target path (the last plan's, copied there by the caller),
+dbt parses only the files that changed.
+
+When the project has packages, `dbt deps` runs first; `dbt_packages/` is kept in `--packages-cache` under
+the hash of `package-lock.yml` (or of the packages file when there is no lock), so a plan with unchanged
+packages reuses it.
+
+The result is written to FILE as JSON: `{"outcome": "parsed", "mode": "cold"|"partial", "seconds": S}`
+(with `--state`, also `"modified": [fqn, ...]`: what `dbt ls --select state:modified --state DIR` lists), or
+`{"outcome": "project_error" | "environment_error", "message": "..."}`. A project error is the project's
+fault (a missing ref, broken YAML or Jinja): the plan fails. An environment error is the fault of where the
+parse ran (the adapter is not installed, a variable the profile or project reads is not set): the plan is
+explained from Git, without its impact. Exit code 0 when a result was written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+EXECUTABLE_TYPES = ("model", "seed", "snapshot", "test", "unit_test")
+PACKAGE_FILES = ("package-lock.yml", "packages.yml", "dependencies.yml")
+
+
+def _classify(error: BaseException | None) -> str:
+    """`project_error` for dbt's own errors about the project; `environment_error` for what depends on
+    where dbt runs (profile, adapter, variables) and for a crash inside dbt, which says nothing about the
+    project."""
+    from dbt.exceptions import DbtProfileError, DbtRuntimeError, EnvVarMissingError
+
+    if not isinstance(error, DbtRuntimeError) or isinstance(error, (DbtProfileError, EnvVarMissingError)):
+        return "environment_error"
+    if "Could not find adapter type" in str(error):
+        return "environment_error"
+    return "project_error"
+
+
+def _message(error: BaseException | None) -> str:
+    """dbt's message, its lines as dbt shows them. A byte of a file name that is not UTF-8 is written `\\xNN` (as Git
+    adapters write it), never as the lone surrogate Python decoded it to."""
+    if error is None:
+        return "dbt failed without a message"
+    text = str(error) if isinstance(error, Exception) and type(error).__module__.startswith("dbt") else (
+        f"dbt failed unexpectedly: {type(error).__name__}: {error}")
+    # dbt's block as dbt prints it (the file, the problem, the offending lines), without trailing blanks.
+    return "\n".join(line.rstrip() for line in escape_undecodable(text).strip().splitlines())[:2000]
+
+
+def escape_undecodable(text: str) -> str:
+    """`text` with each byte that was not UTF-8 written `\\xNN`, whether Python kept it as a lone surrogate
+    or wrote that surrogate out as `\\udcNN` (in an exception's message): the event log stays UTF-8.
+
+    Example: `escape_undecodable("caf\\udce9")` is `"caf\\\\xe9"`.
+    """
+    text = re.sub(r"\\udc([89a-f][0-9a-f])", r"\\x\1", text)
+    return "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else c for c in text)
+
+
+def _packages_hash(project_dir: Path) -> str | None:
+    for name in PACKAGE_FILES:
+        path = project_dir / name
+        if path.exists():
+            return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return None
+
+
+def _has_local_packages(project_dir: Path) -> bool:
+    """A `local:` package is part of the commit itself: its hash says nothing of its content."""
+    return any("local:" in (project_dir / name).read_text(errors="replace")
+               for name in PACKAGE_FILES if (project_dir / name).exists())
+
+
+def _install_packages(runner, project_dir: Path, cache: Path | None, target: str) -> BaseException | None:
+    digest = _packages_hash(project_dir)
+    if digest is None:
+        return None
+    if _has_local_packages(project_dir):
+        cache = None
+    cached = cache / digest / "dbt_packages" if cache else None
+    if cached is not None and cached.is_dir():
+        shutil.copytree(cached, project_dir / "dbt_packages", dirs_exist_ok=True)
+        return None
+    result = runner.invoke(["deps", "--project-dir", str(project_dir), "--target", target, "--quiet"])
+    if not result.success:
+        return result.exception or RuntimeError("dbt deps failed")
+    if cached is not None and (project_dir / "dbt_packages").is_dir():
+        staging = cached.parent.with_name(f".{digest}.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(project_dir / "dbt_packages", staging / "dbt_packages")
+        if cached.parent.exists():  # another plan cached the same packages first
+            shutil.rmtree(staging)
+        else:
+            staging.rename(cached.parent)
+    return None
+
+
+def parse_project(project_dir: Path, target_path: Path, target: str, packages_cache: Path | None,
+                  state: Path | None = None) -> dict[str, object]:
+    """Runs `dbt deps` (if needed) and `dbt parse`, then with `state` dbt's `ls --select state:modified`
+    against the manifest in that folder; returns the result (see the module docstring)."""
+    from dbt.cli.main import dbtRunner
+
+    events: list[str] = []
+    runner = dbtRunner(callbacks=[lambda event: events.append(event.info.name)])
+    started = time.monotonic()
+    error = _install_packages(runner, project_dir, packages_cache, target)
+    if error is not None:
+        return {"outcome": "environment_error", "message": f"dbt deps failed: {_message(error)}"}
+    result = runner.invoke(["parse", "--project-dir", str(project_dir), "--target-path", str(target_path),
+                            "--target", target, "--quiet"])
+    if not result.success:
+        return {"outcome": _classify(result.exception), "message": _message(result.exception)}
+    mode = "partial" if "PartialParsingEnabled" in events else "cold"
+    parsed: dict[str, object] = {"outcome": "parsed", "mode": mode,
+                                 "seconds": round(time.monotonic() - started, 3)}
+    if state is not None:
+        listed = runner.invoke([
+            "ls", "--project-dir", str(project_dir), "--target-path", str(target_path), "--target", target,
+            "--state", str(state), "--select", "state:modified", "--resource-types", *EXECUTABLE_TYPES,
+            "--output", "json", "--output-keys", "fqn", "--quiet"])
+        if not listed.success:
+            return {"outcome": "environment_error",
+                    "message": f"dbt's state comparison failed: {_message(listed.exception)}"}
+        parsed["modified"] = sorted(json.loads(line)["fqn"] for line in listed.result or ())
+    return parsed
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dagctl_dagster.runner.dbt_parse",
+                                     description="dbt's parse of a project (never connects to the warehouse).")
+    parser.add_argument("--project-dir", required=True, type=Path)
+    parser.add_argument("--target-path", required=True, type=Path)
+    parser.add_argument("--target", required=True)
+    parser.add_argument("--output", required=True, type=Path)
+    parser.add_argument("--packages-cache", default=None, type=Path)
+    parser.add_argument("--state", default=None, type=Path,
+                        help="Folder holding a base manifest.json: also list the nodes state:modified selects.")
+    args = parser.parse_args(argv)
+    try:
+        result = parse_project(args.project_dir, args.target_path, args.target, args.packages_cache, args.state)
+    except Exception as error:  # the step's boundary: dbt's own error, in one line
+        result = {"outcome": "environment_error", "message": f"{type(error).__name__}: {_message(error)}"}
+    args.output.write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
