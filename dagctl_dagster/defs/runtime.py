@@ -18,7 +18,7 @@ from ..core.plan import split_plan_id
 from ..core.policy import PolicyResult, evaluate_policy
 from ..core.summary import render_plan_summary
 from . import notify
-from .store import build_asset_event, read_events
+from .store import build_asset_event, find_plan_state
 
 
 def utc_now() -> datetime:
@@ -84,8 +84,8 @@ class PlanRuntime:
         project_name, env_name = split_plan_id(event.plan_id)
         project = self.deployment.get_project(project_name)
         env = project.get_environment(env_name)
-        states = fold_plans([*read_events(instance, project_name, env_name), event])
-        state = states[event.plan_id]
+        before = find_plan_state(instance, event.plan_id)
+        state = fold_plans([event], {event.plan_id: before} if before else None)[event.plan_id]
         policy = self.evaluate_policy(env, state)
         summary = render_plan_summary(state, policy, people=self.deployment.people,
                                       signed=env.verify_approvals)
