@@ -572,8 +572,10 @@ class DagctlClient:
         matches: list[tuple[float, PlanView]] = []
         seen: set[str] = set()
         cursor: str | None = None
+        # About six events per plan: a page of 6 x limit events usually holds the newest `limit` plans.
+        walk_page = min(_WALK_PAGE, max(30, 6 * limit)) if limit else _WALK_PAGE
         while True:
-            result = self.transport.execute(_EVENTS_QUERY, {"key": key, "limit": _WALK_PAGE, "cursor": cursor,
+            result = self.transport.execute(_EVENTS_QUERY, {"key": key, "limit": walk_page, "cursor": cursor,
                                                             "withMetadata": False})
             asset = result["assetOrError"]
             if asset.get("__typename") != "Asset":
@@ -590,7 +592,7 @@ class DagctlClient:
                     if (wanted is None or plan.status is wanted) and (
                             since is None or plan.state.spec.created_at >= since):
                         matches.append((first, plan))
-            if len(rows) < _WALK_PAGE:
+            if len(rows) < walk_page:
                 break
             reached = _parse_millis(rows[-1]["timestamp"])
             if since is not None and reached < since.timestamp():
