@@ -198,12 +198,30 @@ class PlanView(BaseModel):
                 return tuple(part.strip() for part in line[len(_STILL_NEEDED):].split(";") if part.strip())
         return ()
 
-    def describe_next(self) -> str:
+    def list_expired_approvals(self, now: datetime | None = None) -> list[tuple[str, datetime]]:
+        """`(actor, expired at)` of approvals the server counted when it last rendered the plan that have
+        expired since: validity is re-checked at read time (and by `gate` at execution)."""
+        now = now or datetime.now(UTC)
+        expired = []
+        for entry in (self.policy or {}).get("counted", []):
+            expires_at = entry.get("expires_at")
+            if expires_at and datetime.fromisoformat(expires_at) <= now:
+                expired.append((entry["actor"], datetime.fromisoformat(expires_at)))
+        return expired
+
+    def describe_next(self, now: datetime | None = None) -> str:
         """What happens next for a pending plan, from the policy the server rendered with its last event:
         `approved by alice (1 of 1): execution will be launched by the approval sensor`, or
         `1 more approval(s) from bob needed`."""
         policy = self.policy or {}
-        if self.status is not PlanStatus.PENDING or not policy:
+        if self.status not in (PlanStatus.PENDING, PlanStatus.APPROVED) or not policy:
+            return ""
+        expired = self.list_expired_approvals(now)
+        if expired:
+            who = ", ".join(f"{actor}'s expired at {at:%Y-%m-%d %H:%M} UTC" for actor, at in expired)
+            return (f"approval(s) no longer count ({who}): the plan goes back to pending when it is next "
+                    "checked; approve it again")
+        if self.status is not PlanStatus.PENDING:
             return ""
         if policy.get("is_satisfied"):
             names = ", ".join(entry["actor"] for entry in policy.get("counted", []))

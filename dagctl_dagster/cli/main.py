@@ -232,6 +232,10 @@ def format_plan(plan: PlanView, runs: Sequence[RunInfo]) -> str:
     state = plan.state
     if plan.summary.strip():
         lines = [plan.summary.strip(), ""]
+        expired = plan.list_expired_approvals()
+        if expired:  # the summary was rendered before these expired: re-checked now
+            lines += [f"Re-checked now: {actor}'s approval expired at {at:%Y-%m-%d %H:%M} UTC and no longer "
+                      "counts" for actor, at in expired] + [""]
     else:  # recorded by a version that wrote no summary: what the client can tell from the events
         lines = [render_plan_summary(state), "", "Approvals recorded:"]
         lines += [f"  {a.actor} at {a.at:%Y-%m-%d %H:%M:%S} UTC, "

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import io
 import random
+from datetime import UTC, datetime
 
 import pytest
 from dagster import instance_for_test
 from fixtures.graphql_in_process import in_process_client
 from fixtures.plan_histories import iter_history
 
+from dagctl_dagster.adapters.graphql import PlanView
+from dagctl_dagster.cli.main import format_plan
 from dagctl_dagster.cli.main import run as run_cli
-from dagctl_dagster.core.lifecycle import fold_plans
+from dagctl_dagster.core.lifecycle import PlanStatus, fold_plans
 from dagctl_dagster.defs.store import read_plan_index, record_runless
 
 PLANS = 80
@@ -79,3 +82,20 @@ def test_bad_paging_options_are_refused_with_an_example(option, message, capsys)
     with pytest.raises(SystemExit):
         run_cli(["plans", "list", *option], out=io.StringIO(), err=io.StringIO())
     assert message in capsys.readouterr().err
+
+
+def test_approval_counted_when_the_summary_was_rendered_but_expired_since_is_shown_expired_at_read_time(history):
+    _, states = history
+    state = next(s for s in states.values() if s.status.value == "completed")
+    pending = state.model_copy(update={"status": PlanStatus.PENDING})
+    policy = {"is_required": True, "is_satisfied": True, "required": 1, "missing": [], "counted": [
+        {"actor": "alice", "verified": False, "expires_at": "2026-11-30T10:00:00+00:00"}]}
+    plan = PlanView(state=pending, summary="### Plan\n**Approvals:** 1 counted, 1 required", policy=policy)
+
+    before, after = datetime(2026, 11, 30, 9, 59, tzinfo=UTC), datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
+    assert plan.describe_next(before).startswith("approved by alice (1 of 1)")
+    assert plan.describe_next(after) == (
+        "approval(s) no longer count (alice's expired at 2026-11-30 10:00 UTC): the plan goes back to "
+        "pending when it is next checked; approve it again")
+    assert "Re-checked now: alice's approval expired at 2026-11-30 10:00 UTC and no longer counts" in (
+        format_plan(plan, []))

@@ -174,6 +174,8 @@ def test_approval_that_expires_while_the_run_is_queued_sends_the_plan_back_to_pe
     assert (failed_step(result), failure_message(result)) == (
         "gate", f"plan {plan_id} is pending again: {reason}; nothing was built or executed")
     assert (deployed.state(plan_id).status, deployed.state(plan_id).reason) == (PlanStatus.PENDING, reason)
+    assert deployed.summary(plan_id).splitlines()[-1].endswith(
+        f"| rendered {deployed.clock():%Y-%m-%d %H:%M} UTC, approvals re-checked at execution")
     assert_nothing_ran(deployed, plan_id, snapshots, result)
     deployed.approve(plan_id, "alice")  # the expired approval does not count, so alice may approve again
     [again] = deployed.launch_new(run_requests(deployed.tick()))
