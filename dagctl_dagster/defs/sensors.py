@@ -134,15 +134,18 @@ def build_approval_sensor(runtime: PlanRuntime, jobs):
     @sensor(name="dagctl_approval_sensor", jobs=jobs, minimum_interval_seconds=15, default_status=RUNNING,
             description="Launches approved plans (once each) and plans a reviewer asked to retry.")
     def approval_sensor(context: SensorEvaluationContext):
-        requests = []
+        requests, errors = [], []
         for project in runtime.deployment.projects:
             for env in project.environments:
                 try:
                     index = read_plan_index(context.instance, project.name, env.name)
                     requests += [r for s in index.open if (r := _request(context, project, env, s))]
-                except DagctlError as exc:
-                    context.log.warning(f"{project.name}/{env.name}: {exc}")
-        return SensorResult(run_requests=requests) if requests else SkipReason("no plan is ready to run")
+                except DagctlError as exc:  # this environment only: the others are still served
+                    context.log.error(f"{project.name}/{env.name}: {exc}")
+                    errors.append(f"{project.name}/{env.name}: {exc}")
+        if requests:
+            return SensorResult(run_requests=requests)
+        return SkipReason("; ".join(["no plan is ready to run", *errors]))
 
     def _request(context, project: ProjectConfig, env: EnvironmentConfig, state: PlanState):
         tags = {**plan_run_tags(project.name, env.name, state.plan_id), TRIGGER_TAG: "approval"}

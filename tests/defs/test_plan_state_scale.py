@@ -101,3 +101,18 @@ def test_an_unreadable_event_fails_reads_of_its_environment_naming_it_while_othe
         assert "Run the dagctl version that wrote it, or remove the event from the event log" in str(raised.value)
     assert read_plan_index(instance, "jaffle", "dev") == build_plan_index(
         read_plan_states(instance, "jaffle", "dev").values())
+
+
+def test_sensors_report_an_unreadable_event_with_its_storage_id_instead_of_skipping_it(deployed):
+    key = plan_asset_key("jaffle", "prod")
+    deployed.instance.report_runless_asset_event(AssetObservation(
+        asset_key=key, partition=deployed.deployed_plan_id,
+        metadata={EVENT_METADATA_KEY: JsonMetadataValue({"plan_id": deployed.deployed_plan_id, "kind": "gone"})}))
+    [record] = deployed.instance.fetch_observations(key, limit=1, ascending=False).records
+    named = f"the event with storage id {record.storage_id} has an unreadable '{EVENT_METADATA_KEY}'"
+
+    approval, plan = deployed.tick(), deployed.tick("jaffle_plan_sensor")
+
+    assert approval.skip_message.startswith("no plan is ready to run; jaffle/prod: plan state of dagctl/jaffle/prod")
+    assert named in approval.skip_message
+    assert named in plan.skip_message and plan.skip_message.startswith("jaffle/prod: plan state of")
