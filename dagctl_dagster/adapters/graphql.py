@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 import requests
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ..core.errors import DagctlError, DagctlPlanError
+from ..core.errors import DagctlError, DagctlPlanError, DagctlStateError
 from ..core.lifecycle import Decision, PlanEvent, PlanState, PlanStatus, fold_plans
 from ..core.plan import build_plan_id
 from ..core.plan import split_plan_id as core_split_plan_id
@@ -706,7 +706,7 @@ class DagctlClient:
                 event = PlanEvent.model_validate(json.loads(raw))
             except (ValueError, ValidationError) as exc:
                 # Never skipped: a skipped rejection would make a dead plan look alive.
-                raise DagctlError(
+                raise DagctlStateError(
                     f"plan state of {'/'.join(key['path'])} cannot be read: the event recorded at "
                     f"{row.get('timestamp')} (plan {row.get('partition') or 'unknown'}) has an unreadable "
                     f"'{EVENT_METADATA_KEY}' ({str(exc).splitlines()[0]}); use the dagctl version that wrote "

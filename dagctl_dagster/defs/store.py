@@ -43,7 +43,7 @@ from dagster import (
 )
 from pydantic import ValidationError
 
-from ..core.errors import DagctlError, DagctlPlanError
+from ..core.errors import DagctlPlanError, DagctlStateError
 from ..core.lifecycle import PlanEvent, PlanIndex, PlanState, build_plan_index, fold_plans, update_plan_index
 from ..core.plan import split_plan_id
 
@@ -55,10 +55,6 @@ CHECKPOINT_EVERY = 64
 SETTLE_EVENTS = 8
 _INDEX_VERSION = 1
 _PAGE = 1000
-
-
-class DagctlStateError(DagctlError):
-    """Plan state cannot be read: an event in the event log cannot be parsed."""
 
 
 def plan_asset_key(project: str, environment: str) -> AssetKey:

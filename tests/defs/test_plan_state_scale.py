@@ -14,6 +14,7 @@ from conftest import instance_overrides
 from dagster import AssetObservation, AssetRecordsFilter, JsonMetadataValue, instance_for_test
 from fixtures.plan_histories import iter_history
 
+from dagctl_dagster.core.errors import DagctlStateError
 from dagctl_dagster.core.lifecycle import (
     PlanStatus,
     build_plan_index,
@@ -26,7 +27,6 @@ from dagctl_dagster.core.lifecycle import (
 from dagctl_dagster.defs.store import (
     EVENT_METADATA_KEY,
     INDEX_PARTITION,
-    DagctlStateError,
     audit_environment,
     find_plan_state,
     plan_asset_key,
