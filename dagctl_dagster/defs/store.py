@@ -147,9 +147,26 @@ def _read_plan_events(instance: DagsterInstance, plan_id: str, *, before: int | 
     return [event for _, event in _parse_events(_fetch(instance, records_filter), key)]
 
 
+def _has_unpartitioned_events(instance: DagsterInstance, key: AssetKey) -> bool:
+    """Whether the history starts with events recorded before plan ids were partition keys."""
+    for fetch in (instance.fetch_materializations, instance.fetch_observations):
+        for record in fetch(AssetRecordsFilter(asset_key=key), limit=1, ascending=True).records:
+            entry = record.event_log_entry.asset_materialization or record.event_log_entry.asset_observation
+            if entry is not None and entry.partition is None:
+                return True
+    return False
+
+
 def find_plan_state(instance: DagsterInstance, plan_id: str) -> PlanState | None:
-    """The folded state of one plan, read from its own events only; None if it was never recorded."""
-    return fold_plans(_read_plan_events(instance, plan_id)).get(plan_id)
+    """The folded state of one plan, read from its own events only; None if it was never recorded.
+
+    In a history that began before plan ids were partition keys, a plan not found by its partition is
+    looked for in the whole history (the old cost, only for such plans).
+    """
+    state = fold_plans(_read_plan_events(instance, plan_id)).get(plan_id)
+    if state is None and _has_unpartitioned_events(instance, plan_asset_key(*split_plan_id(plan_id))):
+        return read_plan_states(instance, *split_plan_id(plan_id)).get(plan_id)
+    return state
 
 
 def get_plan_state(instance: DagsterInstance, plan_id: str) -> PlanState:

@@ -116,3 +116,15 @@ def test_sensors_report_an_unreadable_event_with_its_storage_id_instead_of_skipp
     assert approval.skip_message.startswith("no plan is ready to run; jaffle/prod: plan state of dagctl/jaffle/prod")
     assert named in approval.skip_message
     assert named in plan.skip_message and plan.skip_message.startswith("jaffle/prod: plan state of")
+
+
+def test_a_plan_recorded_before_plan_ids_were_partition_keys_is_still_found_and_indexed(instance):
+    events = list(iter_history(random.Random(9), plans=4))
+    key = plan_asset_key("jaffle", "prod")
+    for event in events:  # as the previous version recorded them: no partition key
+        instance.report_runless_asset_event(AssetObservation(
+            asset_key=key, metadata={EVENT_METADATA_KEY: JsonMetadataValue(event.model_dump(mode="json"))}))
+    folded = fold_plans(events)
+
+    assert {plan_id: find_plan_state(instance, plan_id) for plan_id in folded} == folded
+    assert read_plan_index(instance, "jaffle", "prod") == build_plan_index(folded.values())
