@@ -8,7 +8,9 @@
   Each project has its own sensor: with `sensors: use_threads: true` in `dagster.yaml` the daemon evaluates
   them in parallel, so one hung remote (bounded by `git_timeout_seconds`) never delays the others.
 - `dagctl_approval_sensor`: launches the plan job for each plan whose policy is met (run key from the plan
-  id: one execution however many approvals or ticks), and for each failed plan a reviewer asked to retry.
+  id and how many times it became approved: one execution however many approvals or ticks, and a new one
+  after `gate` sent the plan back to pending), and for each failed plan a reviewer asked to retry. It reads
+  only the environment's open plans (`read_plan_index`).
 - `dagctl_run_failure_sensor` / `dagctl_run_canceled_sensor`: mark a plan `failed` when the run that is
   executing it fails or is cancelled without the op recording it (a killed run worker). The plan is found
   from the run id recorded on its own events, never from run tags, which anyone launching a run can set:
