@@ -5,8 +5,8 @@ works against any Dagster deployment the caller can reach (a laptop, a cluster b
 access to its database and no Dagster installed. Plan state is read the way the code location reads it:
 the events of the plan's asset (`dagctl/<project>/<environment>`) in storage order, folded with
 `core.lifecycle.fold_plans`; one plan's events are selected by its partition key (the plan id), so reading
-a plan or a page of plans does not download the environment's whole history. Decisions are runs of `dagctl_review_job`, new plans runs of
-`<project>_plan_job`, both launched with `launchRun`.
+a plan or a page of plans does not download the environment's whole history. Decisions are runs of
+`dagctl_review_job`, new plans runs of `<project>_plan_job`, both launched with `launchRun`.
 
 This module never imports Dagster; it only needs `requests` and `dagctl_dagster.core`.
 

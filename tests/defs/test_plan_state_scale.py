@@ -52,7 +52,8 @@ def test_narrow_reads_equal_the_full_fold_over_a_randomized_history_of_thousands
     events = list(iter_history(random.Random(12), plans=350))
     others = list(iter_history(random.Random(13), plans=5, environment="dev"))
     statuses = {e.status for e in events if e.status}
-    assert len(events) > 2000 and statuses == set(PlanStatus) - {PlanStatus.EXPLAINING}  # every transition happens somewhere
+    # Thousands of events, and every transition happens somewhere.
+    assert len(events) > 2000 and statuses == set(PlanStatus) - {PlanStatus.EXPLAINING}
     compared, folded = 0, {}
 
     for number, event in enumerate(events, start=1):
@@ -62,7 +63,8 @@ def test_narrow_reads_equal_the_full_fold_over_a_randomized_history_of_thousands
             record_runless(instance, others.pop(0), project="jaffle", environment="dev")
         # A sensor tick: reads (and maybe checkpoints) every 89 events, and right after each rejection or
         # cancellation, when the newest standing plan may be an older one (a parked failed plan).
-        if number % 89 == 0 or number == len(events) or event.status in (PlanStatus.REJECTED, PlanStatus.CANCELLED):
+        if number % 89 == 0 or number == len(events) or event.status in (
+                PlanStatus.REJECTED, PlanStatus.CANCELLED):
             index = read_plan_index(instance, "jaffle", "prod")
             # What sensors and gate read, against the reference functions over the full fold.
             assert (index.open, index.last_completed, index.newest) == (
@@ -84,7 +86,8 @@ def test_an_unreadable_event_fails_reads_of_its_environment_naming_it_while_othe
         for event in iter_history(random.Random(5), plans=3, environment=environment):
             record_runless(instance, event, project="jaffle", environment=environment)
     plan_id = next(iter(read_plan_states(instance, "jaffle", "prod")))
-    bad = build_status_event(plan_id, PlanStatus.REJECTED, actor="bob", at=find_plan_state(instance, plan_id).updated_at)
+    at = find_plan_state(instance, plan_id).updated_at
+    bad = build_status_event(plan_id, PlanStatus.REJECTED, actor="bob", at=at)
     payload = {**bad.model_dump(mode="json"), "status": "thrown-away"}  # a status this version does not know
     instance.report_runless_asset_event(AssetObservation(
         asset_key=plan_asset_key("jaffle", "prod"), partition=plan_id,
