@@ -4,8 +4,9 @@ Everything a script does with plans goes through the webserver's `/graphql` endp
 works against any Dagster deployment the caller can reach (a laptop, a cluster behind an auth proxy) with no
 access to its database and no Dagster installed. Plan state is read the way the code location reads it:
 the events of the plan's asset (`dagctl/<project>/<environment>`) in storage order, folded with
-`core.lifecycle.fold_plans`. Decisions are runs of `dagctl_review_job`, new plans runs of
-`<project>_plan_job`, both launched with `launchRun`.
+`core.lifecycle.fold_plans`; one plan's events are selected by its partition key (the plan id), so reading
+a plan or a page of plans does not download the environment's whole history. Decisions are runs of
+`dagctl_review_job`, new plans runs of `<project>_plan_job`, both launched with `launchRun`.
 
 This module never imports Dagster; it only needs `requests` and `dagctl_dagster.core`.
 
@@ -31,7 +32,7 @@ from urllib.parse import urlsplit
 import requests
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ..core.errors import DagctlError, DagctlPlanError
+from ..core.errors import DagctlError, DagctlPlanError, DagctlStateError
 from ..core.lifecycle import Decision, PlanEvent, PlanState, PlanStatus, fold_plans
 from ..core.plan import build_plan_id
 from ..core.plan import split_plan_id as core_split_plan_id
@@ -49,6 +50,8 @@ PLAN_ID_TAG = "dagctl/plan-id"
 REVIEWED_PLAN_TAG = "dagctl/reviewed-plan"
 _STILL_NEEDED = "**Still needed:** "
 _PAGE = 500
+_WALK_PAGE = 200
+INDEX_PARTITION = "__index__"  # the store's index checkpoints: not a plan
 
 # Run statuses after which a run does nothing more.
 FINISHED_RUN_STATUSES = frozenset({"SUCCESS", "FAILURE", "CANCELED"})
@@ -116,6 +119,14 @@ def split_plan_id(plan_id: str) -> tuple[str, str]:
         return core_split_plan_id(plan_id)
     except DagctlPlanError as exc:
         raise DagctlPlanNotFoundError(str(exc)) from exc
+
+
+def _parse_millis(millis: str | float | None) -> float:
+    """Seconds since the epoch of an event's `timestamp` (milliseconds, as a string), 0 if absent."""
+    try:
+        return float(millis) / 1000 if millis is not None else 0.0
+    except ValueError:
+        return 0.0
 
 
 def _parse_time(millis: str | float | None) -> datetime | None:
@@ -187,12 +198,30 @@ class PlanView(BaseModel):
                 return tuple(part.strip() for part in line[len(_STILL_NEEDED):].split(";") if part.strip())
         return ()
 
-    def describe_next(self) -> str:
+    def list_expired_approvals(self, now: datetime | None = None) -> list[tuple[str, datetime]]:
+        """`(actor, expired at)` of approvals the server counted when it last rendered the plan that have
+        expired since: validity is re-checked at read time (and by `gate` at execution)."""
+        now = now or datetime.now(UTC)
+        expired = []
+        for entry in (self.policy or {}).get("counted", []):
+            expires_at = entry.get("expires_at")
+            if expires_at and datetime.fromisoformat(expires_at) <= now:
+                expired.append((entry["actor"], datetime.fromisoformat(expires_at)))
+        return expired
+
+    def describe_next(self, now: datetime | None = None) -> str:
         """What happens next for a pending plan, from the policy the server rendered with its last event:
         `approved by alice (1 of 1): execution will be launched by the approval sensor`, or
         `1 more approval(s) from bob needed`."""
         policy = self.policy or {}
-        if self.status is not PlanStatus.PENDING or not policy:
+        if self.status not in (PlanStatus.PENDING, PlanStatus.APPROVED) or not policy:
+            return ""
+        expired = self.list_expired_approvals(now)
+        if expired:
+            who = ", ".join(f"{actor}'s expired at {at:%Y-%m-%d %H:%M} UTC" for actor, at in expired)
+            return (f"approval(s) no longer count ({who}): the plan goes back to pending when it is next "
+                    "checked; approve it again")
+        if self.status is not PlanStatus.PENDING:
             return ""
         if policy.get("is_satisfied"):
             names = ", ".join(entry["actor"] for entry in policy.get("counted", []))
@@ -283,17 +312,23 @@ query DagctlPlanAssets($prefix: [String!]) {
 }"""
 
 _EVENTS_QUERY = """
-query DagctlPlanEvents($key: AssetKeyInput!, $limit: Int!, $cursor: String) {
+query DagctlPlanEvents($key: AssetKeyInput!, $limit: Int!, $cursor: String, $partitions: [String!],
+                       $withMetadata: Boolean = true) {
   assetOrError(assetKey: $key) {
     __typename
     ... on Asset {
       definition { id }
-      assetEventHistory(limit: $limit, cursor: $cursor, eventTypeSelectors: [MATERIALIZATION, OBSERVATION]) {
+      assetEventHistory(limit: $limit, cursor: $cursor, partitions: $partitions,
+                        eventTypeSelectors: [MATERIALIZATION, OBSERVATION]) {
         cursor
         results {
           __typename
-          ... on MaterializationEvent { timestamp metadataEntries { ...DagctlEntry } }
-          ... on ObservationEvent { timestamp metadataEntries { ...DagctlEntry } }
+          ... on MaterializationEvent {
+            timestamp partition metadataEntries @include(if: $withMetadata) { ...DagctlEntry }
+          }
+          ... on ObservationEvent {
+            timestamp partition metadataEntries @include(if: $withMetadata) { ...DagctlEntry }
+          }
         }
       }
     }
@@ -529,17 +564,77 @@ class DagctlClient:
     # Reading plans -----------------------------------------------------------------------------------
 
     def list_plans(
-        self, *, project: str | None = None, environment: str | None = None, status: str | None = None
+        self, *, project: str | None = None, environment: str | None = None, status: str | None = None,
+        since: datetime | None = None, limit: int | None = None,
     ) -> list[PlanView]:
-        """Every plan matching the filters, newest first."""
+        """The newest plans matching the filters (created at or after `since`), newest first, at most `limit`.
+
+        Each environment's history is walked newest first reading only partition keys (plan ids) and
+        times; only the plans met are read in full, and the walk stops once `limit` matches are known to be
+        the newest. So the cost follows `limit`, not the length of the history (a rare `status` walks
+        further). Events recorded before plan ids were partition keys are read the old way: in full.
+        """
         wanted = PlanStatus(status) if status else None
-        plans: list[PlanView] = []
+        plans: list[tuple[float, PlanView]] = []
         for asset_project, asset_env in self.list_plan_assets(project):
             if environment and asset_env != environment:
                 continue
-            plans += [plan for plan in self._read_asset_plans(asset_project, asset_env).values()
-                      if wanted is None or plan.status is wanted]
-        return sorted(plans, key=lambda plan: plan.state.spec.created_at, reverse=True)
+            plans += self._walk_plans(asset_project, asset_env, wanted, since, limit)
+        plans.sort(key=lambda item: item[0], reverse=True)
+        return [plan for _, plan in plans][:limit]
+
+    def _walk_plans(self, project: str, environment: str, wanted: PlanStatus | None, since: datetime | None,
+                    limit: int | None) -> list[tuple[float, PlanView]]:
+        """`(time of the plan's first event, plan)` of the newest matching plans of one environment."""
+        key = {"path": [PLAN_ASSET_PREFIX, project, environment]}
+        matches: list[tuple[float, PlanView]] = []
+        seen: set[str] = set()
+        cursor: str | None = None
+        # About six events per plan: a page of 6 x limit events usually holds the newest `limit` plans.
+        walk_page = min(_WALK_PAGE, max(30, 6 * limit)) if limit else _WALK_PAGE
+        while True:
+            result = self.transport.execute(_EVENTS_QUERY, {"key": key, "limit": walk_page, "cursor": cursor,
+                                                            "withMetadata": False})
+            asset = result["assetOrError"]
+            if asset.get("__typename") != "Asset":
+                return []
+            page = asset["assetEventHistory"]
+            rows = page["results"]
+            if any(not row.get("partition") for row in rows):  # a history older than partition keys
+                return self._list_unpartitioned(project, environment, wanted, since)
+            new = list(dict.fromkeys(row["partition"] for row in rows
+                                     if row["partition"] != INDEX_PARTITION and row["partition"] not in seen))
+            seen.update(new)
+            if new:
+                for plan_id, (first, plan) in self._read_plans_by_id(key, new).items():
+                    if (wanted is None or plan.status is wanted) and (
+                            since is None or plan.state.spec.created_at >= since):
+                        matches.append((first, plan))
+            if len(rows) < walk_page:
+                break
+            reached = _parse_millis(rows[-1]["timestamp"])
+            if since is not None and reached < since.timestamp():
+                break
+            matches.sort(key=lambda item: item[0], reverse=True)
+            # A plan not met yet has all its events before `reached`: it cannot be newer than these.
+            if limit and len(matches) >= limit and matches[limit - 1][0] >= reached:
+                break
+            cursor = page["cursor"]
+        return matches
+
+    def _list_unpartitioned(self, project: str, environment: str, wanted: PlanStatus | None,
+                            since: datetime | None) -> list[tuple[float, PlanView]]:
+        return [(plan.state.spec.created_at.timestamp(), plan)
+                for plan in self._read_asset_plans(project, environment).values()
+                if (wanted is None or plan.status is wanted)
+                and (since is None or plan.state.spec.created_at >= since)]
+
+    def _read_plans_by_id(self, key: Mapping[str, Any], plan_ids: list[str]) -> dict[str, tuple[float, PlanView]]:
+        """The plans with these ids, each read from its own events, with the time of its first event."""
+        events, summaries, policies, firsts = self._read_events(key, partitions=plan_ids)
+        return {plan_id: (firsts[plan_id], PlanView(state=state, summary=summaries.get(plan_id, ""),
+                                                    policy=policies.get(plan_id)))
+                for plan_id, state in fold_plans(events).items()}
 
     def list_plan_assets(self, project: str | None = None) -> list[tuple[str, str]]:
         """`(project, environment)` of every plan asset the deployment defines or has events for."""
@@ -553,9 +648,10 @@ class DagctlClient:
         """The plan's current state. Raises `DagctlPlanNotFoundError`, or `DagctlRunFailedError` when the
         run that was to explain it failed before recording it."""
         project, environment = split_plan_id(plan_id)
-        plan = self._read_asset_plans(project, environment).get(plan_id)
-        if plan is not None:
-            return plan
+        key = {"path": [PLAN_ASSET_PREFIX, project, environment]}
+        found = self._read_plans_by_id(key, [plan_id]).get(plan_id)  # its own events only
+        if found is not None:
+            return found[1]
         run = self._find_explaining_run(plan_id, project, environment)
         if run is None:
             raise DagctlPlanNotFoundError(
@@ -572,23 +668,25 @@ class DagctlClient:
         )
 
     def _read_asset_plans(self, project: str, environment: str) -> dict[str, PlanView]:
-        events, summaries, policies = self._read_events(project, environment)
+        """Every plan of an environment, from its whole history (histories without partition keys)."""
+        events, summaries, policies, _ = self._read_events({"path": [PLAN_ASSET_PREFIX, project, environment]})
         states = fold_plans(events)
         return {plan_id: PlanView(state=state, summary=summaries.get(plan_id, ""), policy=policies.get(plan_id))
                 for plan_id, state in states.items()}
 
     def _read_events(
-        self, project: str, environment: str
-    ) -> tuple[list[PlanEvent], dict[str, str], dict[str, Mapping[str, Any]]]:
-        """The asset's plan events in storage order, and the latest summary and policy recorded per plan."""
-        key = {"path": [PLAN_ASSET_PREFIX, project, environment]}
+        self, key: Mapping[str, Any], *, partitions: list[str] | None = None,
+    ) -> tuple[list[PlanEvent], dict[str, str], dict[str, Mapping[str, Any]], dict[str, float]]:
+        """The asset's plan events (of these plans only, with `partitions`) in storage order, the latest
+        summary and policy recorded per plan, and the time of each plan's first event."""
         rows: list[Mapping[str, Any]] = []
         cursor: str | None = None
         while True:
-            result = self.transport.execute(_EVENTS_QUERY, {"key": key, "limit": _PAGE, "cursor": cursor})
+            result = self.transport.execute(_EVENTS_QUERY, {"key": key, "limit": _PAGE, "cursor": cursor,
+                                                            "partitions": partitions})
             asset = result["assetOrError"]
             if asset.get("__typename") != "Asset":
-                return [], {}, {}
+                return [], {}, {}, {}
             page = asset["assetEventHistory"]
             # The history is newest first (by storage id); the fold needs the recorded order.
             rows += page["results"]
@@ -598,6 +696,7 @@ class DagctlClient:
         events: list[PlanEvent] = []
         summaries: dict[str, str] = {}
         policies: dict[str, Mapping[str, Any]] = {}
+        firsts: dict[str, float] = {}
         for row in reversed(rows):
             entries = {entry["label"]: entry for entry in row.get("metadataEntries", [])}
             raw = entries.get(EVENT_METADATA_KEY, {}).get("jsonString")
@@ -605,16 +704,22 @@ class DagctlClient:
                 continue
             try:
                 event = PlanEvent.model_validate(json.loads(raw))
-            except (ValueError, ValidationError):
-                continue  # written by an incompatible version: skip it rather than hide the history
+            except (ValueError, ValidationError) as exc:
+                # Never skipped: a skipped rejection would make a dead plan look alive.
+                raise DagctlStateError(
+                    f"plan state of {'/'.join(key['path'])} cannot be read: the event recorded at "
+                    f"{row.get('timestamp')} (plan {row.get('partition') or 'unknown'}) has an unreadable "
+                    f"'{EVENT_METADATA_KEY}' ({str(exc).splitlines()[0]}); use the dagctl version that wrote "
+                    "it, or remove the event from the event log") from exc
             events.append(event)
+            firsts.setdefault(event.plan_id, _parse_millis(row.get("timestamp")))
             summary = entries.get(SUMMARY_METADATA_KEY, {}).get("mdStr")
             if summary:
                 summaries[event.plan_id] = summary
             policy = entries.get(POLICY_METADATA_KEY, {}).get("jsonString")
             if policy:
                 policies[event.plan_id] = json.loads(policy)
-        return events, summaries, policies
+        return events, summaries, policies, firsts
 
     def _find_explaining_run(self, plan_id: str, project: str, environment: str) -> RunInfo | None:
         """The plan job run whose id the plan id was derived from, if it has not recorded the plan yet."""

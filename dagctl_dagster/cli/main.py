@@ -29,6 +29,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import NoReturn, TextIO
 
 from ..adapters.graphql import (
@@ -128,6 +129,11 @@ def build_parser() -> OneLineParser:
     listing.add_argument("--env", help="only plans for this environment")
     listing.add_argument("--status", choices=[status.value for status in PlanStatus],
                          help="only plans with this status")
+    listing.add_argument("--limit", type=_positive_int, default=20,
+                         help="at most this many plans, newest first (default 20)")
+    listing.add_argument("--since", type=_since, metavar="WHEN",
+                         help="only plans created at or after WHEN: an ISO date or time (UTC unless it "
+                         "names a zone), e.g. 2026-11-30 or 2026-11-30T14:00")
 
     show = command("show", "Show a plan: change set, scope, approvals present and missing, history.")
     show.add_argument("plan_id", metavar="ID")
@@ -226,6 +232,10 @@ def format_plan(plan: PlanView, runs: Sequence[RunInfo]) -> str:
     state = plan.state
     if plan.summary.strip():
         lines = [plan.summary.strip(), ""]
+        expired = plan.list_expired_approvals()
+        if expired:  # the summary was rendered before these expired: re-checked now
+            lines += [f"Re-checked now: {actor}'s approval expired at {at:%Y-%m-%d %H:%M} UTC and no longer "
+                      "counts" for actor, at in expired] + [""]
     else:  # recorded by a version that wrote no summary: what the client can tell from the events
         lines = [render_plan_summary(state), "", "Approvals recorded:"]
         lines += [f"  {a.actor} at {a.at:%Y-%m-%d %H:%M:%S} UTC, "
@@ -257,6 +267,21 @@ def format_log_line(line: LogLine) -> str:
 # --- Commands ----------------------------------------------------------------------------------------
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a positive whole number, e.g. --limit 50")
+    return int(text)
+
+
+def _since(text: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not an ISO date or time, e.g. --since 2026-11-30 or --since 2026-11-30T14:00") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
 class Command:
     """One invocation: the parsed arguments, the client and where output goes."""
 
@@ -268,7 +293,7 @@ class Command:
 
     def list_plans(self) -> int:
         plans = self.client.list_plans(project=self.args.project, environment=self.args.env,
-                                       status=self.args.status)
+                                       status=self.args.status, since=self.args.since, limit=self.args.limit)
         self.emit([plan.to_json() for plan in plans],
                   format_plan_table(plans) if plans else "no plans match")
         return EXIT_OK

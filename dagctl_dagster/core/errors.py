@@ -25,6 +25,10 @@ class DagctlPlanError(DagctlError):
     """A plan cannot proceed (unknown plan, stale base, fingerprint mismatch)."""
 
 
+class DagctlStateError(DagctlError):
+    """Plan state cannot be read: an event in the event log cannot be parsed (never skipped)."""
+
+
 class DagctlStalePlanError(DagctlPlanError):
     """The approved plan no longer matches what would run (its base moved); nothing was applied."""
 

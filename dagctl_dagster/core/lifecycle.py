@@ -7,6 +7,13 @@ environment into `PlanState` values, and that is what the UI summary, the sensor
     explaining -> pending -> approved -> running -> completed | failed
     side exits: rejected (by a reviewer, or auto-discarded with the reason), cancelled
     failed -> running again on retry (at most `MAX_RETRIES` times, same pinned plan)
+    approved -> pending again when `gate` finds the policy no longer met (an approval expired while the
+    run was queued, the policy was tightened): a new approval can then execute it
+
+`fold_plans` over every event is the reference. Reads that must not grow with history use a `PlanIndex`:
+the plans the sensors and `gate` act on (open plans, the deployed plan, the newest plan), kept up to date
+from the events after a checkpoint by `update_plan_index`; `build_plan_index` over the full fold gives the
+same value (the store's audit compares them).
 
 `check_*` functions refuse invalid transitions with a message that says why; the fold itself is lenient
 (an event that does not apply is ignored) so one bad record can never hide the rest of the history.
@@ -14,7 +21,7 @@ environment into `PlanState` values, and that is what the UI summary, the sensor
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from enum import StrEnum
 
@@ -56,7 +63,8 @@ TRANSITIONS: dict[PlanStatus, frozenset[PlanStatus]] = {
     PlanStatus.EXPLAINING: frozenset({PlanStatus.PENDING, PlanStatus.APPROVED, PlanStatus.REJECTED,
                                       PlanStatus.COMPLETED, PlanStatus.FAILED}),
     PlanStatus.PENDING: frozenset({PlanStatus.APPROVED, PlanStatus.REJECTED, PlanStatus.CANCELLED}),
-    PlanStatus.APPROVED: frozenset({PlanStatus.RUNNING, PlanStatus.REJECTED, PlanStatus.CANCELLED}),
+    PlanStatus.APPROVED: frozenset({PlanStatus.RUNNING, PlanStatus.PENDING, PlanStatus.REJECTED,
+                                    PlanStatus.CANCELLED}),
     PlanStatus.RUNNING: frozenset({PlanStatus.COMPLETED, PlanStatus.FAILED, PlanStatus.REJECTED}),
     PlanStatus.FAILED: frozenset({PlanStatus.RUNNING, PlanStatus.CANCELLED, PlanStatus.REJECTED}),
     PlanStatus.COMPLETED: frozenset(),
@@ -237,13 +245,16 @@ def _apply(state: PlanState, event: PlanEvent) -> PlanState:
     return state.model_copy(update=update)
 
 
-def fold_plans(events: Iterable[PlanEvent]) -> dict[str, PlanState]:
+def fold_plans(
+    events: Iterable[PlanEvent], states: Mapping[str, PlanState] | None = None
+) -> dict[str, PlanState]:
     """Folds events (in recorded order) into the state of each plan, keyed by plan id.
 
-    Events of a plan whose `created` event is missing are ignored: without the explained plan there is
-    nothing to approve or run.
+    `states` are the plans as they stood before `events` (default: none). Each plan folds on its own, so
+    folding one plan's events gives the same state as folding the whole history. Events of a plan whose
+    `created` event is missing are ignored: without the explained plan there is nothing to approve or run.
     """
-    states: dict[str, PlanState] = {}
+    states = dict(states or {})
     for event in events:
         if event.kind is EventKind.CREATED and event.spec is not None:
             if event.plan_id in states:
@@ -314,22 +325,101 @@ def list_superseded(states: Sequence[PlanState], newer: PlanSpec) -> list[PlanSt
     ]
 
 
+def _created_key(state: PlanState) -> tuple[datetime, str]:
+    return state.spec.created_at, state.plan_id
+
+
+def _completed_key(state: PlanState) -> tuple[datetime, datetime, str]:
+    completed_what = f"status: {PlanStatus.COMPLETED.value}"
+    completed_at = max(
+        (entry.at for entry in state.history if entry.what == completed_what), default=state.updated_at
+    )
+    return completed_at, *_created_key(state)
+
+
 def get_last_completed(states: Iterable[PlanState]) -> PlanState | None:
     """The environment's deployed plan: the most recently completed one.
 
     Plans are ordered by when they completed, not by their latest event: a decision or note recorded on an
     old completed plan afterwards must not make it the deployed plan again (and so the base of the next).
-    On equal times the plan created later wins.
+    On equal times the plan created later wins (then the greater plan id: the order never depends on the
+    order plans are read in).
     """
-    completed_what = f"status: {PlanStatus.COMPLETED.value}"
-    last: PlanState | None = None
-    last_at: datetime | None = None
-    for state in states:
-        if state.status is not PlanStatus.COMPLETED:
-            continue
-        completed_at = max(
-            (entry.at for entry in state.history if entry.what == completed_what), default=state.updated_at
-        )
-        if last_at is None or completed_at >= last_at:
-            last, last_at = state, completed_at
-    return last
+    return max((s for s in states if s.status is PlanStatus.COMPLETED), key=_completed_key, default=None)
+
+
+_NOT_STANDING = (PlanStatus.REJECTED, PlanStatus.CANCELLED)
+
+
+def get_newest_plan(states: Iterable[PlanState]) -> PlanState | None:
+    """The environment's newest plan that still stands: rejected and cancelled plans do not count.
+
+    Newest by creation time; on equal times the greater plan id.
+    """
+    return max((s for s in states if s.status not in _NOT_STANDING), key=_created_key, default=None)
+
+
+def is_open(state: PlanState) -> bool:
+    """Whether a sensor or `gate` may act on the plan: not yet finished, or failed with a retry requested.
+
+    A failed plan nobody asked to retry is parked: it is read again only when an event names it.
+    """
+    if state.status is PlanStatus.FAILED:
+        return state.retry_requested
+    return state.status in (*UNSTARTED, PlanStatus.RUNNING)
+
+
+class PlanIndex(BaseModel):
+    """The plans of one project and environment that reads need, without the rest of the history.
+
+    Members: every open plan (`is_open`), the deployed plan (`last_completed`), the completed plan created
+    last, and every unfinished plan created after it. The newest standing plan is always a member: a
+    completed plan never leaves the standing set, so the newest one is either that completed plan or
+    an unfinished plan created after it. Example: `build_plan_index(fold_plans(events).values()).open`.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    plans: dict[str, PlanState] = {}
+    last_completed_id: str | None = None
+    newest_completed_id: str | None = None
+
+    @property
+    def open(self) -> list[PlanState]:
+        """Open plans, oldest first."""
+        return sorted((s for s in self.plans.values() if is_open(s)), key=_created_key)
+
+    @property
+    def last_completed(self) -> PlanState | None:
+        return self.plans.get(self.last_completed_id) if self.last_completed_id else None
+
+    @property
+    def newest(self) -> PlanState | None:
+        return get_newest_plan(self.plans.values())
+
+
+def update_plan_index(index: PlanIndex, changed: Iterable[PlanState]) -> PlanIndex:
+    """`index` after the plans in `changed` took their new states (plans not in `changed` are unchanged).
+
+    Plans that are not members stay out unless they change: membership only shrinks for plans that do not
+    change (the newest completed plan only moves forward), so the result equals `build_plan_index` over
+    every plan.
+    """
+    plans = {**index.plans, **{state.plan_id: state for state in changed}}
+    completed = [s for s in plans.values() if s.status is PlanStatus.COMPLETED]
+    last = get_last_completed(completed)
+    newest_completed = max(completed, key=_created_key, default=None)
+    floor = _created_key(newest_completed) if newest_completed else None
+    keep = {s.plan_id for s in (last, newest_completed) if s is not None}
+    members = {
+        plan_id: state for plan_id, state in plans.items()
+        if plan_id in keep or is_open(state)
+        or (not state.is_terminal and (floor is None or _created_key(state) > floor))
+    }
+    return PlanIndex(plans=members, last_completed_id=last.plan_id if last else None,
+                     newest_completed_id=newest_completed.plan_id if newest_completed else None)
+
+
+def build_plan_index(states: Iterable[PlanState]) -> PlanIndex:
+    """The index of a full fold: the reference `update_plan_index` is checked against."""
+    return update_plan_index(PlanIndex(), states)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Sequence
+from datetime import datetime
 
 from .config import PersonConfig
 from .dbt_changes import Scope
@@ -115,7 +116,7 @@ def _render_approvals(state: PlanState, policy: PolicyResult | None, *, signed: 
 
 def render_plan_summary(
     state: PlanState, policy: PolicyResult | None = None, *, people: Sequence[PersonConfig] = (),
-    signed: bool = False,
+    signed: bool = False, rendered_at: datetime | None = None,
 ) -> str:
     """Markdown for the plan's asset page and for `dagctl plans show`."""
     spec = state.spec
@@ -138,6 +139,9 @@ def render_plan_summary(
         *_render_change_set(spec),
         *_render_approvals(state, policy, signed=signed),
         "",
-        f"Retries used: {state.retries} of 3 | fingerprint `{spec.fingerprint[:16]}`",
+        f"Retries used: {state.retries} of 3 | fingerprint `{spec.fingerprint[:16]}`"
+        # Approvals can expire after this: the summary is not re-rendered then, `gate` re-checks them.
+        + (f" | rendered {rendered_at:%Y-%m-%d %H:%M} UTC, approvals re-checked at execution"
+           if rendered_at is not None else ""),
     ]
     return "\n".join(lines)

@@ -38,7 +38,6 @@ from ..core.lifecycle import (
     build_created_event,
     build_status_event,
     check_transition,
-    get_last_completed,
     list_superseded,
 )
 from ..core.plan import Framework, PlanSpec, build_plan_id
@@ -46,7 +45,7 @@ from ..core.policy import SYSTEM_ACTOR, check_retry
 from .dbt_impact import attach_dbt_impact, impact_metadata
 from .execution import build_artifact, execute_plan
 from .runtime import PlanRuntime
-from .store import get_plan_state, read_plan_states
+from .store import get_plan_state, read_plan_index
 from .tags import TRIGGER_TAG, plan_run_tags
 
 
@@ -177,8 +176,8 @@ def build_plan_ops(runtime: PlanRuntime) -> PlanOps:
         branch = project.tracked_branch(env)
         head = mirror.refresh_branch(branch)
         target = mirror.resolve(config.commit) if config.commit else head
-        states = read_plan_states(context.instance, project.name, env.name)
-        base = get_last_completed(states.values())
+        index = read_plan_index(context.instance, project.name, env.name)
+        base = index.last_completed
         spec = _explain(
             runtime, project, env, plan_id=build_plan_id(project.name, env.name, context.run_id),
             target=target, base_commit=base.spec.target_commit if base else None,
@@ -188,7 +187,7 @@ def build_plan_ops(runtime: PlanRuntime) -> PlanOps:
         )
         context.log.info(f"plan {spec.plan_id}: {len(spec.files)} changed file(s), fingerprint {spec.fingerprint[:16]}")
         runtime.record(context, build_created_event(spec, run_id=context.run_id), metadata=plan_metadata(spec))
-        for old in list_superseded(list(states.values()), spec):
+        for old in list_superseded(index.open, spec):
             runtime.record(context, build_status_event(
                 old, PlanStatus.REJECTED, actor=SYSTEM_ACTOR, at=runtime.clock(), auto_discarded=True,
                 reason=f"superseded by plan {spec.plan_id}", run_id=context.run_id,
@@ -351,6 +350,15 @@ def admit_execution(
         except DagctlError as exc:
             raise _fail(context, f"{exc}; nothing was built or executed") from exc
     policy = runtime.evaluate_policy(env, state)
+    if not policy.is_satisfied and state.status is PlanStatus.APPROVED:
+        # The policy changed under an approved plan (an approval expired while the run was queued, the
+        # policy was tightened): back to pending, where a new approval can execute it. Approvals stay
+        # recorded; the policy counts those still valid and ignores expired ones.
+        ignored = "".join(f"; {a.actor}'s approval does not count: {why}" for a, why in policy.ignored)
+        reason = f"re-checked at execution: still needs {'; '.join(policy.missing)}{ignored}"
+        runtime.record(context, build_status_event(
+            state, PlanStatus.PENDING, actor=SYSTEM_ACTOR, at=now, run_id=context.run_id, reason=reason))
+        raise _fail(context, f"plan {spec.plan_id} is pending again: {reason}; nothing was built or executed")
     if not policy.is_satisfied:
         raise _fail(context, f"plan {spec.plan_id} is not approved: still needs {'; '.join(policy.missing)}; "
                              "nothing was built or executed")
@@ -362,7 +370,7 @@ def admit_execution(
         raise _fail(context, f"plan {spec.plan_id} was discarded as stale: {stale}; nothing was built "
                              "or executed. Create a new plan.")
     # The queued run coordinator's `dagctl/lock` limit is the first guard; this one holds without it.
-    busy = [s.plan_id for s in read_plan_states(context.instance, project.name, spec.environment).values()
+    busy = [s.plan_id for s in read_plan_index(context.instance, project.name, spec.environment).open
             if s.status is PlanStatus.RUNNING and s.plan_id != spec.plan_id]
     if busy:
         raise _fail(context, f"plan {spec.plan_id} cannot execute now: plan {busy[0]} is running in "
@@ -377,8 +385,7 @@ def admit_execution(
 def _stale_reason(context: OpExecutionContext, runtime: PlanRuntime, project: ProjectConfig,
                   state: PlanState, recomputed_fingerprint: str) -> str | None:
     spec = state.spec
-    states = read_plan_states(context.instance, project.name, spec.environment)
-    last = get_last_completed(s for s in states.values() if s.plan_id != spec.plan_id)
+    last = read_plan_index(context.instance, project.name, spec.environment).last_completed
     deployed = last.spec.target_commit if last else None
     if deployed != spec.base_commit:
         return (f"the environment moved: its deployed commit is {deployed[:12] if deployed else 'none'}, "

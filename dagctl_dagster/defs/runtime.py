@@ -18,7 +18,7 @@ from ..core.plan import split_plan_id
 from ..core.policy import PolicyResult, evaluate_policy
 from ..core.summary import render_plan_summary
 from . import notify
-from .store import build_asset_event, read_events
+from .store import build_asset_event, find_plan_state
 
 
 def utc_now() -> datetime:
@@ -84,15 +84,16 @@ class PlanRuntime:
         project_name, env_name = split_plan_id(event.plan_id)
         project = self.deployment.get_project(project_name)
         env = project.get_environment(env_name)
-        states = fold_plans([*read_events(instance, project_name, env_name), event])
-        state = states[event.plan_id]
+        before = find_plan_state(instance, event.plan_id)
+        state = fold_plans([event], {event.plan_id: before} if before else None)[event.plan_id]
         policy = self.evaluate_policy(env, state)
         summary = render_plan_summary(state, policy, people=self.deployment.people,
-                                      signed=env.verify_approvals)
+                                      signed=env.verify_approvals, rendered_at=self.clock())
         asset_event = build_asset_event(
             event, project=project_name, environment=env_name,
             metadata={"status": MetadataValue.text(state.status.value),
-                      "summary": MetadataValue.md(summary), "policy": MetadataValue.json(_policy_json(policy)),
+                      "summary": MetadataValue.md(summary),
+                      "policy": MetadataValue.json(_policy_json(policy, env)),
                       **(metadata or {})},
             materialize=materialize,
         )
@@ -104,11 +105,15 @@ class PlanRuntime:
         return state
 
 
-def _policy_json(policy: PolicyResult) -> dict[str, object]:
-    """What `dagctl plans approve` reads to say what happens next (the client has no config)."""
+def _policy_json(policy: PolicyResult, env: EnvironmentConfig) -> dict[str, object]:
+    """What `dagctl plans approve` and `plans show` read to say what happens next (the client has no
+    config): with `expires_at` per counted approval, the client re-checks expiry when it reads."""
+    ttl = env.approval_ttl
     return {"is_required": policy.is_required, "is_satisfied": policy.is_satisfied,
             "required": policy.required, "missing": list(policy.missing),
-            "counted": [{"actor": a.actor, "verified": a.verified} for a in policy.counted]}
+            "counted": [{"actor": a.actor, "verified": a.verified,
+                         "expires_at": (a.at + ttl).isoformat() if ttl is not None else None}
+                        for a in policy.counted]}
 
 
 def _logger(target: OpExecutionContext | DagsterInstance):

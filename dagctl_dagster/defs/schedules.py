@@ -29,12 +29,12 @@ from pydantic import Field
 
 from ..core.config import EnvironmentConfig, KubernetesBackendConfig, ProjectConfig, ScheduleConfig
 from ..core.errors import DagctlError
-from ..core.lifecycle import PlanState, get_last_completed
+from ..core.lifecycle import PlanState
 from ..core.steps import StepSpec
 from .local_backend import PlanDbtTranslator, run_command_step, run_dbt_step
 from .runtime import PlanRuntime
 from .sqlmesh_plans import build_declared_step
-from .store import read_plan_states
+from .store import read_plan_index
 from .tags import plan_run_tags
 
 SCHEDULE_TAG = "dagctl/schedule"
@@ -67,7 +67,7 @@ def build_recurring_argv(project: ProjectConfig, env: EnvironmentConfig, command
 
 
 def get_deployed(instance, project: ProjectConfig, env: EnvironmentConfig) -> PlanState | None:
-    return get_last_completed(read_plan_states(instance, project.name, env.name).values())
+    return read_plan_index(instance, project.name, env.name).last_completed
 
 
 def get_configured_schedule(project: ProjectConfig, config: RecurringConfig) -> ScheduleConfig:

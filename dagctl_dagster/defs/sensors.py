@@ -8,7 +8,9 @@
   Each project has its own sensor: with `sensors: use_threads: true` in `dagster.yaml` the daemon evaluates
   them in parallel, so one hung remote (bounded by `git_timeout_seconds`) never delays the others.
 - `dagctl_approval_sensor`: launches the plan job for each plan whose policy is met (run key from the plan
-  id: one execution however many approvals or ticks), and for each failed plan a reviewer asked to retry.
+  id and how many times it became approved: one execution however many approvals or ticks, and a new one
+  after `gate` sent the plan back to pending), and for each failed plan a reviewer asked to retry. It reads
+  only the environment's open plans (`read_plan_index`).
 - `dagctl_run_failure_sensor` / `dagctl_run_canceled_sensor`: mark a plan `failed` when the run that is
   executing it fails or is cancelled without the op recording it (a killed run worker). The plan is found
   from the run id recorded on its own events, never from run tags, which anyone launching a run can set:
@@ -35,12 +37,12 @@ from dagster import (
 from ..adapters.dbt import read_project_version
 from ..core.config import EnvironmentConfig, ProjectConfig
 from ..core.errors import DagctlError
-from ..core.lifecycle import PlanState, PlanStatus, build_status_event, get_last_completed
+from ..core.lifecycle import PlanState, PlanStatus, build_status_event
 from ..core.policy import SYSTEM_ACTOR
 from .execution import stop_run_steps_of
 from .runtime import PlanRuntime
 from ..core.plan import build_plan_id, split_plan_id
-from .store import read_plan_states
+from .store import find_plan_state, read_plan_index
 from .tags import TRIGGER_TAG, plan_run_tags
 
 # Sensors start running with the code location: plans appear without a click in the UI.
@@ -49,19 +51,14 @@ RUNNING = DefaultSensorStatus.RUNNING
 REQUEST_TAG = "dagctl/request"
 MAX_PLAN_ATTEMPTS = 3
 _DEAD = (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
-_NOT_COUNTED = (PlanStatus.REJECTED, PlanStatus.CANCELLED)
 
 
-def get_newest_plan(states) -> PlanState | None:
-    """The environment's newest plan that still stands: rejected and cancelled plans do not count.
-
-    `states` come in recorded order (as folded): on equal creation times the plan recorded later wins.
-    """
-    newest: PlanState | None = None
-    for state in states:
-        if state.status not in _NOT_COUNTED and (newest is None or state.spec.created_at >= newest.spec.created_at):
-            newest = state
-    return newest
+def execution_run_key(state: PlanState, *, approvals: int = 0) -> str:
+    """One execution request per time the plan was approved: a plan `gate` sent back to pending (an approval
+    expired while the run was queued) gets a new key when it is approved again. `approvals` counts an
+    approval being recorded now."""
+    count = approvals + sum(1 for entry in state.history if entry.what == f"status: {PlanStatus.APPROVED.value}")
+    return f"{state.plan_id}:execute" if count <= 1 else f"{state.plan_id}:execute:{count}"
 
 
 def plan_run_config(environment: str, *, commit: str = "", plan_id: str = "") -> dict:
@@ -96,15 +93,15 @@ def build_plan_sensor(runtime: PlanRuntime, project: ProjectConfig, job):
 
     def _plan_request(context, project: ProjectConfig, env: EnvironmentConfig,
                       head: str) -> tuple[RunRequest | None, str]:
-        states = read_plan_states(context.instance, project.name, env.name)
+        index = read_plan_index(context.instance, project.name, env.name)
         if project.framework == "dbt":
             version = read_project_version(runtime.mirror(project), project, head)
-            newest = get_newest_plan(states.values())
+            newest = index.newest
             if newest is not None and newest.spec.version_new == version:
                 return None, "up to date"
             key = f"{project.name}:{env.name}:{version}:{head}"
         else:
-            last = get_last_completed(states.values())
+            last = index.last_completed
             if last is not None and last.spec.target_commit == head:
                 return None, "up to date"
             key = f"{project.name}:{env.name}:{head}"
@@ -116,8 +113,8 @@ def build_plan_sensor(runtime: PlanRuntime, project: ProjectConfig, job):
         active = [run for run in runs if not run.is_finished]
         if active:
             return None, f"the plan of {head[:12]} is being made (run {active[0].run_id[:8]} is {active[0].status.value})"
-        planned = [states[plan_id] for run in runs
-                   if (plan_id := build_plan_id(project.name, env.name, run.run_id)) in states]
+        planned = [state for run in runs if (state := find_plan_state(
+            context.instance, build_plan_id(project.name, env.name, run.run_id))) is not None]
         if planned:
             return None, (f"{head[:12]} was planned already (plan {planned[0].plan_id}, {planned[0].status.value}): "
                           "push a new commit to plan it again")
@@ -140,15 +137,18 @@ def build_approval_sensor(runtime: PlanRuntime, jobs):
     @sensor(name="dagctl_approval_sensor", jobs=jobs, minimum_interval_seconds=15, default_status=RUNNING,
             description="Launches approved plans (once each) and plans a reviewer asked to retry.")
     def approval_sensor(context: SensorEvaluationContext):
-        requests = []
+        requests, errors = [], []
         for project in runtime.deployment.projects:
             for env in project.environments:
                 try:
-                    states = read_plan_states(context.instance, project.name, env.name)
-                    requests += [r for s in states.values() if (r := _request(context, project, env, s))]
-                except DagctlError as exc:
-                    context.log.warning(f"{project.name}/{env.name}: {exc}")
-        return SensorResult(run_requests=requests) if requests else SkipReason("no plan is ready to run")
+                    index = read_plan_index(context.instance, project.name, env.name)
+                    requests += [r for s in index.open if (r := _request(context, project, env, s))]
+                except DagctlError as exc:  # this environment only: the others are still served
+                    context.log.error(f"{project.name}/{env.name}: {exc}")
+                    errors.append(f"{project.name}/{env.name}: {exc}")
+        if requests:
+            return SensorResult(run_requests=requests)
+        return SkipReason("; ".join(["no plan is ready to run", *errors]))
 
     def _request(context, project: ProjectConfig, env: EnvironmentConfig, state: PlanState):
         tags = {**plan_run_tags(project.name, env.name, state.plan_id), TRIGGER_TAG: "approval"}
@@ -162,10 +162,10 @@ def build_approval_sensor(runtime: PlanRuntime, jobs):
             runtime.record(context.instance, build_status_event(
                 state, PlanStatus.APPROVED, actor=SYSTEM_ACTOR, at=runtime.clock(),
                 reason=f"policy met: approved by {approvers}"))
-            return RunRequest(run_key=f"{state.plan_id}:execute", job_name=job_name, run_config=config,
-                              tags=tags)
+            return RunRequest(run_key=execution_run_key(state, approvals=1), job_name=job_name,
+                              run_config=config, tags=tags)
         if state.status is PlanStatus.APPROVED and not state.has_started and env.protected:
-            return RunRequest(run_key=f"{state.plan_id}:execute", job_name=job_name, run_config=config,
+            return RunRequest(run_key=execution_run_key(state), job_name=job_name, run_config=config,
                               tags=tags)
         if state.status is PlanStatus.FAILED and state.retry_requested and state.retries_left:
             return RunRequest(run_key=f"{state.plan_id}:retry:{state.retries + 1}", job_name=job_name,
@@ -200,7 +200,7 @@ def find_executing_plan(runtime: PlanRuntime, instance, run) -> PlanState | None
     except DagctlError:
         return None
     for env in project.environments:
-        for state in read_plan_states(instance, project.name, env.name).values():
+        for state in read_plan_index(instance, project.name, env.name).open:
             if state.status is PlanStatus.RUNNING and state.execution_run_id == run.run_id:
                 return state
     return None

@@ -3,29 +3,57 @@
 Each project and environment has one asset, `dagctl/<project>/<environment>`. A plan is materialized when
 `gate` decides what happens to it (pending approval, approved, or nothing to do): that materialization's
 metadata is the change set a reviewer reads, with the status it has then. Every other event (the explained
-plan itself, later transitions, decisions) is an observation of the asset. Each event carries the `PlanEvent` as JSON under `dagctl_event`, so the
-state of every plan can be folded back from the event log alone.
+plan itself, later transitions, decisions) is an observation of the asset. Each event carries the
+`PlanEvent` as JSON under `dagctl_event`, and the plan id as its partition key.
+
+Why reads do not grow with history (a design choice, issue 12):
+- One plan: its events are selected by partition key. Dagster indexes (asset key, event type, partition,
+  id) on SQLite and PostgreSQL, so `get_plan_state` reads only that plan's events. The asset spec does not
+  declare a `DynamicPartitionsDefinition`: registering each plan as a partition would add a write per plan
+  and a partition list of every plan ever made to the UI, and nothing here needs it (runless and in-run
+  events on an unpartitioned asset keep their partition key as written).
+- The plans an environment's sensors and `gate` act on (open plans, the deployed plan, the newest plan):
+  a `PlanIndex` checkpoint, recorded as an observation of the same asset under the reserved partition
+  `__index__`, with the storage id of the last event it covers. A read takes the latest checkpoint
+  (one indexed descending fetch) and folds the events after it (a tail, by storage id); a plan the tail
+  names but the checkpoint lacks is read by its partition. When the tail reaches `CHECKPOINT_EVERY`
+  events, the reader records a new checkpoint. Events stay the only truth: a checkpoint is derived data,
+  any writer may record one, concurrent checkpoints are each correct, and a lost or unreadable one only
+  makes the next read longer. The newest `SETTLE_EVENTS` events are never checkpointed, so an event whose
+  transaction commits a little after a higher storage id (PostgreSQL) is still read.
+- `read_plan_states` (the full fold) stays as the reference, and `audit_environment` compares both.
+
+An event whose payload cannot be parsed makes reads of its environment fail with `DagctlStateError`
+naming its storage id: skipping a `rejected` event would make a dead plan look alive. Other environments
+read other events and keep working.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Mapping
 
 from dagster import (
     AssetKey,
     AssetMaterialization,
     AssetObservation,
+    AssetRecordsFilter,
     DagsterInstance,
     JsonMetadataValue,
     MetadataValue,
 )
+from pydantic import ValidationError
 
-from ..core.errors import DagctlPlanError
-from ..core.lifecycle import PlanEvent, PlanState, fold_plans
+from ..core.errors import DagctlPlanError, DagctlStateError
+from ..core.lifecycle import PlanEvent, PlanIndex, PlanState, build_plan_index, fold_plans, update_plan_index
 from ..core.plan import split_plan_id
 
 EVENT_METADATA_KEY = "dagctl_event"
+INDEX_METADATA_KEY = "dagctl_index"
+INDEX_PARTITION = "__index__"
 PLAN_GROUP = "dagctl_plans"
+CHECKPOINT_EVERY = 64
+SETTLE_EVENTS = 8
+_INDEX_VERSION = 1
 _PAGE = 1000
 
 
@@ -45,8 +73,9 @@ def build_asset_event(
     }
     key = plan_asset_key(project, environment)
     if materialize:
-        return AssetMaterialization(asset_key=key, metadata=payload, description=event.reason)
-    return AssetObservation(asset_key=key, metadata=payload, description=event.reason)
+        return AssetMaterialization(asset_key=key, metadata=payload, description=event.reason,
+                                    partition=event.plan_id)
+    return AssetObservation(asset_key=key, metadata=payload, description=event.reason, partition=event.plan_id)
 
 
 def record_runless(
@@ -59,48 +88,153 @@ def record_runless(
     )
 
 
-def _iter_records(instance: DagsterInstance, key: AssetKey, fetch_name: str) -> Iterator[tuple[int, dict]]:
-    fetch = getattr(instance, fetch_name)
-    cursor = None
-    while True:
-        result = fetch(key, limit=_PAGE, cursor=cursor, ascending=True)
-        for record in result.records:
-            entry = record.event_log_entry.asset_materialization or record.event_log_entry.asset_observation
-            value = entry.metadata.get(EVENT_METADATA_KEY) if entry else None
-            if isinstance(value, JsonMetadataValue) and isinstance(value.data, dict):
-                yield record.storage_id, value.data
-        if not result.has_more:
-            return
-        cursor = result.cursor
-
-
-def read_events(instance: DagsterInstance, project: str, environment: str) -> list[PlanEvent]:
-    """Every plan event of a project and environment, in recorded order."""
-    key = plan_asset_key(project, environment)
-    rows = [*_iter_records(instance, key, "fetch_materializations"),
-            *_iter_records(instance, key, "fetch_observations")]
+def _fetch(instance: DagsterInstance, records_filter: AssetRecordsFilter) -> list[tuple[int, object]]:
+    """(storage id, entry) of every materialization and observation matching the filter, in order."""
+    rows = []
+    for fetch in (instance.fetch_materializations, instance.fetch_observations):
+        cursor = None
+        while True:
+            result = fetch(records_filter, limit=_PAGE, cursor=cursor, ascending=True)
+            for record in result.records:
+                entry = record.event_log_entry
+                rows.append((record.storage_id, entry.asset_materialization or entry.asset_observation))
+            if not result.has_more:
+                break
+            cursor = result.cursor
     rows.sort(key=lambda row: row[0])
+    return rows
+
+
+def _parse_events(rows: Iterable[tuple[int, object]], key: AssetKey) -> list[tuple[int, PlanEvent]]:
     events = []
-    for _, data in rows:
-        try:
-            events.append(PlanEvent.model_validate(data))
-        except ValueError:
-            # An event written by an incompatible version: skip it rather than hide the whole history.
+    for storage_id, entry in rows:
+        if getattr(entry, "partition", None) == INDEX_PARTITION:
             continue
+        value = entry.metadata.get(EVENT_METADATA_KEY) if entry is not None else None
+        if value is None:
+            continue  # not a dagctl event (e.g. reported by hand in the UI): it carries no plan state
+        try:
+            if not isinstance(value, JsonMetadataValue):
+                raise ValueError(f"'{EVENT_METADATA_KEY}' is {type(value).__name__}, not JSON")
+            events.append((storage_id, PlanEvent.model_validate(value.data)))
+        except (ValueError, ValidationError) as exc:
+            first = str(exc).splitlines()[0]
+            raise DagctlStateError(
+                f"plan state of {key.to_user_string()} cannot be read: the event with storage id {storage_id} "
+                f"has an unreadable '{EVENT_METADATA_KEY}' ({first}). It was written by another dagctl version "
+                "or edited by hand; it is not skipped, since a skipped rejection would make a dead plan look "
+                "alive. Run the dagctl version that wrote it, or remove the event from the event log; "
+                "other environments are not affected"
+            ) from exc
     return events
 
 
+def read_events(instance: DagsterInstance, project: str, environment: str) -> list[PlanEvent]:
+    """Every plan event of a project and environment, in recorded order (the audit's input)."""
+    key = plan_asset_key(project, environment)
+    return [event for _, event in _parse_events(_fetch(instance, AssetRecordsFilter(asset_key=key)), key)]
+
+
 def read_plan_states(instance: DagsterInstance, project: str, environment: str) -> dict[str, PlanState]:
+    """Every plan of an environment folded from its whole history: the reference, and the audit's."""
     return fold_plans(read_events(instance, project, environment))
+
+
+def _read_plan_events(instance: DagsterInstance, plan_id: str, *, before: int | None = None) -> list[PlanEvent]:
+    project, environment = split_plan_id(plan_id)
+    key = plan_asset_key(project, environment)
+    records_filter = AssetRecordsFilter(asset_key=key, asset_partitions=[plan_id], before_storage_id=before)
+    return [event for _, event in _parse_events(_fetch(instance, records_filter), key)]
+
+
+def _has_unpartitioned_events(instance: DagsterInstance, key: AssetKey) -> bool:
+    """Whether the history starts with events recorded before plan ids were partition keys."""
+    for fetch in (instance.fetch_materializations, instance.fetch_observations):
+        for record in fetch(AssetRecordsFilter(asset_key=key), limit=1, ascending=True).records:
+            entry = record.event_log_entry.asset_materialization or record.event_log_entry.asset_observation
+            if entry is not None and entry.partition is None:
+                return True
+    return False
+
+
+def find_plan_state(instance: DagsterInstance, plan_id: str) -> PlanState | None:
+    """The folded state of one plan, read from its own events only; None if it was never recorded.
+
+    In a history that began before plan ids were partition keys, a plan not found by its partition is
+    looked for in the whole history (the old cost, only for such plans).
+    """
+    state = fold_plans(_read_plan_events(instance, plan_id)).get(plan_id)
+    if state is None and _has_unpartitioned_events(instance, plan_asset_key(*split_plan_id(plan_id))):
+        return read_plan_states(instance, *split_plan_id(plan_id)).get(plan_id)
+    return state
 
 
 def get_plan_state(instance: DagsterInstance, plan_id: str) -> PlanState:
     """The folded state of one plan; `DagctlPlanError` if it does not exist."""
-    project, environment = split_plan_id(plan_id)
-    state = read_plan_states(instance, project, environment).get(plan_id)
+    state = find_plan_state(instance, plan_id)
     if state is None:
+        project, environment = split_plan_id(plan_id)
         raise DagctlPlanError(
             f"unknown plan '{plan_id}': no plan with this id was recorded for project '{project}', "
             f"environment '{environment}'"
         )
     return state
+
+
+def _latest_checkpoint(instance: DagsterInstance, key: AssetKey) -> tuple[int | None, PlanIndex]:
+    result = instance.fetch_observations(
+        AssetRecordsFilter(asset_key=key, asset_partitions=[INDEX_PARTITION]), limit=1, ascending=False)
+    for record in result.records:
+        value = record.event_log_entry.asset_observation.metadata.get(INDEX_METADATA_KEY)
+        data = value.data if isinstance(value, JsonMetadataValue) else None
+        # A checkpoint is derived data: one this version cannot read is rebuilt from the events.
+        if isinstance(data, dict) and data.get("version") == _INDEX_VERSION:
+            try:
+                return data["cursor"], PlanIndex.model_validate(data["index"])
+            except (KeyError, ValidationError):
+                pass
+    return None, PlanIndex()
+
+
+def _advance(instance: DagsterInstance, index: PlanIndex, cursor: int | None,
+             events: list[PlanEvent]) -> PlanIndex:
+    """`index` (covering events up to `cursor`) after `events`."""
+    before = {plan_id: index.plans.get(plan_id) for plan_id in dict.fromkeys(e.plan_id for e in events)}
+    for plan_id, state in before.items():
+        if state is None and cursor is not None:  # a parked plan the tail names: read it by its partition
+            before[plan_id] = fold_plans(_read_plan_events(instance, plan_id, before=cursor + 1)).get(plan_id)
+    states = fold_plans(events, {plan_id: state for plan_id, state in before.items() if state is not None})
+    return update_plan_index(index, (states[plan_id] for plan_id in before if plan_id in states))
+
+
+def read_plan_index(instance: DagsterInstance, project: str, environment: str) -> PlanIndex:
+    """The open, deployed and newest plans of an environment, at a cost that does not grow with history.
+
+    May record a new checkpoint of the index (an observation of the plan asset).
+    """
+    key = plan_asset_key(project, environment)
+    cursor, index = _latest_checkpoint(instance, key)
+    tail = _parse_events(_fetch(instance, AssetRecordsFilter(asset_key=key, after_storage_id=cursor)), key)
+    if len(tail) < CHECKPOINT_EVERY:
+        return _advance(instance, index, cursor, [event for _, event in tail])
+    settled, recent = tail[:-SETTLE_EVENTS], tail[-SETTLE_EVENTS:]
+    index = _advance(instance, index, cursor, [event for _, event in settled])
+    cursor = settled[-1][0]
+    instance.report_runless_asset_event(AssetObservation(
+        asset_key=key, partition=INDEX_PARTITION,
+        description=f"dagctl index checkpoint: {len(index.plans)} plan(s), events up to {cursor}",
+        metadata={INDEX_METADATA_KEY: JsonMetadataValue(
+            {"version": _INDEX_VERSION, "cursor": cursor, "index": index.model_dump(mode="json")})},
+    ))
+    return _advance(instance, index, cursor, [event for _, event in recent])
+
+
+def audit_environment(instance: DagsterInstance, project: str, environment: str) -> list[str]:
+    """Differences between the narrow reads and the full fold of an environment (empty: they agree)."""
+    states = read_plan_states(instance, project, environment)
+    problems = []
+    if read_plan_index(instance, project, environment) != build_plan_index(states.values()):
+        problems.append(f"the index of {project}/{environment} differs from the full fold")
+    problems += [f"plan {plan_id}: its own events fold to a different state than the full history"
+                 for plan_id, state in states.items() if find_plan_state(instance, plan_id) != state]
+    return problems

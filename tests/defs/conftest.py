@@ -299,7 +299,7 @@ class Deployment:
             for record in fetch(key, limit=1000, ascending=False).records:
                 event = record.event_log_entry
                 entry = event.asset_materialization or event.asset_observation
-                if entry.metadata["plan_id"].value == plan_id and record.storage_id > latest[0]:
+                if entry.partition == plan_id and record.storage_id > latest[0]:  # not index checkpoints
                     latest = (record.storage_id, entry.metadata["summary"].value)
         return latest[1]
 

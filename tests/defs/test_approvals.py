@@ -157,7 +157,9 @@ def test_expired_approval_no_longer_counts_and_its_approver_may_approve_again(de
     assert approved_at == ["09:00", "10:01"]
 
 
-def test_approval_that_expires_before_the_execution_starts_stops_it_at_gate(deployed):
+def test_approval_that_expires_while_the_run_is_queued_sends_the_plan_back_to_pending_until_approved_again(
+    deployed,
+):
     deployed.configure(protected=True, approvers=["alice", "bob"], approval_ttl="30m")
     deployed.commit_change(author="dave")
     plan_id = deployed.explain().plan_id
@@ -168,10 +170,18 @@ def test_approval_that_expires_before_the_execution_starts_stops_it_at_gate(depl
 
     result = deployed.launch(request)
 
+    reason = ("re-checked at execution: still needs 1 more approval(s) from alice, bob; alice's approval does "
+              "not count: expired (approvals count for 0:30:00)")
     assert (failed_step(result), failure_message(result)) == (
-        "gate", f"plan {plan_id} is not approved: still needs 1 more approval(s) from alice, bob; nothing "
-        "was built or executed")
+        "gate", f"plan {plan_id} is pending again: {reason}; nothing was built or executed")
+    assert (deployed.state(plan_id).status, deployed.state(plan_id).reason) == (PlanStatus.PENDING, reason)
+    assert deployed.summary(plan_id).splitlines()[-1].endswith(
+        f"| rendered {deployed.clock():%Y-%m-%d %H:%M} UTC, approvals re-checked at execution")
     assert_nothing_ran(deployed, plan_id, snapshots, result)
+    deployed.approve(plan_id, "alice")  # the expired approval does not count, so alice may approve again
+    [again] = deployed.launch_new(run_requests(deployed.tick()))
+    assert again.success, failure_message(again)
+    assert deployed.state(plan_id).status is PlanStatus.COMPLETED
 
 
 def test_approvals_do_not_carry_over_to_a_newer_plan(deployed):

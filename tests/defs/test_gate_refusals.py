@@ -83,7 +83,9 @@ def test_hand_written_run_config_naming_an_unknown_plan_stops_at_detect(deployed
     assert deployed.snapshots() == snapshots
 
 
-def test_approved_plan_whose_policy_was_tightened_before_it_ran_stops_at_gate(deployed):
+def test_approved_plan_whose_policy_was_tightened_before_it_ran_returns_to_pending_keeping_valid_approvals(
+    deployed,
+):
     deployed.commit_change(author="dave")
     plan_id = deployed.explain().plan_id
     deployed.approve(plan_id, "alice")
@@ -93,11 +95,14 @@ def test_approved_plan_whose_policy_was_tightened_before_it_ran_stops_at_gate(de
 
     result = deployed.launch(request)
 
+    reason = "re-checked at execution: still needs 1 more approval(s) from bob"
     assert (result.success, failed_step(result), failure_message(result)) == (
-        False, "gate", f"plan {plan_id} is not approved: still needs 1 more approval(s) from bob; "
-        "nothing was built or executed")
-    assert deployed.state(plan_id).status is PlanStatus.APPROVED
+        False, "gate", f"plan {plan_id} is pending again: {reason}; nothing was built or executed")
+    assert (deployed.state(plan_id).status, deployed.state(plan_id).reason) == (PlanStatus.PENDING, reason)
     assert_nothing_ran(deployed, plan_id, snapshots, result)
+    deployed.approve(plan_id, "bob")  # alice's approval is still valid under the tightened policy: it counts
+    [again] = run_requests(deployed.tick())
+    assert (again.run_key, deployed.state(plan_id).status) == (f"{plan_id}:execute:2", PlanStatus.APPROVED)
 
 
 @ON_SQLITE_AND_POSTGRES

@@ -91,7 +91,7 @@ class World:
         for fetch in (self.instance.fetch_materializations, self.instance.fetch_observations):
             for record in fetch(plan_asset_key("shop", plan_id.split("-")[1]), limit=1000).records:
                 entry = record.event_log_entry.asset_materialization or record.event_log_entry.asset_observation
-                if entry.metadata["plan_id"].value == plan_id and record.storage_id > latest[0]:
+                if entry.partition == plan_id and record.storage_id > latest[0]:  # not index checkpoints
                     latest = (record.storage_id, entry.metadata["summary"].value)
         return latest[1]
 
