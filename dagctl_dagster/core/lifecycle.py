@@ -21,11 +21,12 @@ same value (the store's audit compares them).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import DagctlTransitionError
 from .plan import PlanSpec
@@ -99,6 +100,9 @@ class PlanEvent(BaseModel):
     run_id: str | None = None
     artifact: str | None = None
     spec: PlanSpec | None = None
+    # Where the event log stored it (its storage id), set by the store when it reads the event; never
+    # written. It orders plans created at the same instant by when they were recorded.
+    recorded_id: int | None = Field(default=None, exclude=True)
 
 
 class Approval(BaseModel):
@@ -143,6 +147,8 @@ class PlanState(BaseModel):
     artifact: str | None = None
     retry_requested: bool = False
     retry_request: Approval | None = None
+    created_id: int | None = Field(
+        default=None, description="Storage id of the plan's `created` event (None: not recorded yet).")
 
     @property
     def plan_id(self) -> str:
@@ -263,7 +269,7 @@ def fold_plans(
                                    reason=event.reason, run_id=event.run_id)
             states[event.plan_id] = PlanState(
                 spec=event.spec, status=PlanStatus.EXPLAINING, history=(created,),
-                run_ids=(event.run_id,) if event.run_id else (),
+                run_ids=(event.run_id,) if event.run_id else (), created_id=event.recorded_id,
             )
         elif event.plan_id in states:
             states[event.plan_id] = _apply(states[event.plan_id], event)
@@ -325,8 +331,10 @@ def list_superseded(states: Sequence[PlanState], newer: PlanSpec) -> list[PlanSt
     ]
 
 
-def _created_key(state: PlanState) -> tuple[datetime, str]:
-    return state.spec.created_at, state.plan_id
+def _created_key(state: PlanState) -> tuple[datetime, int, str]:
+    # On equal creation times, the plan recorded later (a plan not recorded yet is the latest).
+    recorded = sys.maxsize if state.created_id is None else state.created_id
+    return state.spec.created_at, recorded, state.plan_id
 
 
 def _completed_key(state: PlanState) -> tuple[datetime, datetime, str]:
@@ -342,8 +350,8 @@ def get_last_completed(states: Iterable[PlanState]) -> PlanState | None:
 
     Plans are ordered by when they completed, not by their latest event: a decision or note recorded on an
     old completed plan afterwards must not make it the deployed plan again (and so the base of the next).
-    On equal times the plan created later wins (then the greater plan id: the order never depends on the
-    order plans are read in).
+    On equal times the plan created later wins (then the one recorded later: the order never depends on
+    the order plans are read in).
     """
     return max((s for s in states if s.status is PlanStatus.COMPLETED), key=_completed_key, default=None)
 
@@ -354,7 +362,7 @@ _NOT_STANDING = (PlanStatus.REJECTED, PlanStatus.CANCELLED)
 def get_newest_plan(states: Iterable[PlanState]) -> PlanState | None:
     """The environment's newest plan that still stands: rejected and cancelled plans do not count.
 
-    Newest by creation time; on equal times the greater plan id.
+    Newest by creation time; on equal times the one recorded later.
     """
     return max((s for s in states if s.status not in _NOT_STANDING), key=_created_key, default=None)
 

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..adapters.dbt import explain_dbt_plan
 from ..core.config import EnvironmentConfig, ProjectConfig
-from ..core.dbt_impact import describe_impact_drift
+from ..core.dbt_impact import DbtImpact, ImpactStatus, describe_impact_drift
 from ..core.errors import DagctlError
 from ..core.lifecycle import (
     PlanState,
@@ -40,7 +40,7 @@ from ..core.lifecycle import (
     check_transition,
     list_superseded,
 )
-from ..core.plan import Framework, PlanSpec, build_plan_id
+from ..core.plan import Framework, PlanSpec, build_plan_id, seal_plan
 from ..core.policy import SYSTEM_ACTOR, check_retry
 from .dbt_impact import attach_dbt_impact, impact_metadata
 from .execution import build_artifact, execute_plan
@@ -118,13 +118,17 @@ def plan_metadata(spec: PlanSpec) -> dict[str, Any]:
 
 def _explain(runtime: PlanRuntime, project: ProjectConfig, env: EnvironmentConfig, *, plan_id: str,
              target: str, base_commit: str | None, base_version: str | None, triggered_by: str,
-             requested_by: str | None, created_at=None) -> PlanSpec:
+             requested_by: str | None, created_at=None, approved_impact: DbtImpact | None = None) -> PlanSpec:
+    """The sealed spec of a plan. `approved_impact`: at execution, the impact of a dbt plan approved while its
+    impact was unavailable; the plan is then recomputed from Git as it was approved, with that impact."""
     if project.framework == Framework.DBT:
         spec = explain_dbt_plan(
             runtime.mirror(project), project, env, plan_id=plan_id, target_commit=target,
             base_commit=base_commit, base_version=base_version, triggered_by=triggered_by,
             requested_by=requested_by, now=created_at or runtime.clock(),
         )
+        if approved_impact is not None and approved_impact.status is ImpactStatus.UNAVAILABLE:
+            return seal_plan(spec.model_copy(update={"dbt_impact": approved_impact}))
         return attach_dbt_impact(runtime, project, env, spec)
     from .sqlmesh_plans import explain_sqlmesh_spec
 
@@ -209,7 +213,7 @@ def build_plan_ops(runtime: PlanRuntime) -> PlanOps:
         recomputed = _explain(
             runtime, project, env, plan_id=plan_id, target=spec.target_commit,
             base_commit=spec.base_commit, base_version=spec.version_old, triggered_by=spec.triggered_by,
-            requested_by=spec.author, created_at=spec.created_at,
+            requested_by=spec.author, created_at=spec.created_at, approved_impact=spec.dbt_impact,
         ) if mirror.has_commit(spec.target_commit) else None
         drift = describe_impact_drift(spec.dbt_impact, recomputed.dbt_impact) if recomputed else None
         if drift:

@@ -116,7 +116,8 @@ def _parse_events(rows: Iterable[tuple[int, object]], key: AssetKey) -> list[tup
         try:
             if not isinstance(value, JsonMetadataValue):
                 raise ValueError(f"'{EVENT_METADATA_KEY}' is {type(value).__name__}, not JSON")
-            events.append((storage_id, PlanEvent.model_validate(value.data)))
+            event = PlanEvent.model_validate(value.data)
+            events.append((storage_id, event.model_copy(update={"recorded_id": storage_id})))
         except (ValueError, ValidationError) as exc:
             first = str(exc).splitlines()[0]
             raise DagctlStateError(

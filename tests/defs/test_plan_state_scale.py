@@ -16,6 +16,8 @@ from fixtures.plan_histories import iter_history
 
 from dagctl_dagster.core.errors import DagctlStateError
 from dagctl_dagster.core.lifecycle import (
+    PlanIndex,
+    PlanState,
     PlanStatus,
     build_plan_index,
     build_status_event,
@@ -48,6 +50,20 @@ def _checkpoints(instance) -> int:
     return len(records.records)
 
 
+def unrecorded(value):
+    """`value` (plan states, in lists, dicts or an index) without the storage ids the store adds on reading:
+    the reference fold runs over the events as written, which carry none."""
+    if isinstance(value, PlanState):
+        return value.model_copy(update={"created_id": None})
+    if isinstance(value, PlanIndex):
+        return value.model_copy(update={"plans": unrecorded(value.plans)})
+    if isinstance(value, dict):
+        return {key: unrecorded(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(unrecorded(item) for item in value)
+    return value
+
+
 def test_narrow_reads_equal_the_full_fold_over_a_randomized_history_of_thousands_of_events(instance):
     events = list(iter_history(random.Random(12), plans=350))
     others = list(iter_history(random.Random(13), plans=5, environment="dev"))
@@ -67,14 +83,14 @@ def test_narrow_reads_equal_the_full_fold_over_a_randomized_history_of_thousands
                 PlanStatus.REJECTED, PlanStatus.CANCELLED):
             index = read_plan_index(instance, "jaffle", "prod")
             # What sensors and gate read, against the reference functions over the full fold.
-            assert (index.open, index.last_completed, index.newest) == (
+            assert unrecorded((index.open, index.last_completed, index.newest)) == (
                 sorted((s for s in folded.values() if is_open(s)), key=lambda s: (s.spec.created_at, s.plan_id)),
                 get_last_completed(folded.values()), get_newest_plan(folded.values()))
-            assert index == build_plan_index(folded.values())
+            assert unrecorded(index) == build_plan_index(folded.values())
             compared += 1
 
     states = read_plan_states(instance, "jaffle", "prod")
-    assert states == folded
+    assert unrecorded(states) == folded
     assert {plan_id: find_plan_state(instance, plan_id) for plan_id in states} == states
     assert audit_environment(instance, "jaffle", "prod") == []
     assert audit_environment(instance, "jaffle", "dev") == []
@@ -129,5 +145,5 @@ def test_a_plan_recorded_before_plan_ids_were_partition_keys_is_still_found_and_
             asset_key=key, metadata={EVENT_METADATA_KEY: JsonMetadataValue(event.model_dump(mode="json"))}))
     folded = fold_plans(events)
 
-    assert {plan_id: find_plan_state(instance, plan_id) for plan_id in folded} == folded
-    assert read_plan_index(instance, "jaffle", "prod") == build_plan_index(folded.values())
+    assert unrecorded({plan_id: find_plan_state(instance, plan_id) for plan_id in folded}) == folded
+    assert unrecorded(read_plan_index(instance, "jaffle", "prod")) == build_plan_index(folded.values())
