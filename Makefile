@@ -45,6 +45,8 @@ test-kind: install
 bench: install
 	$(UV) run --frozen python benchmarks/bench_dbt_detect.py
 	$(UV) run --frozen python benchmarks/bench_sqlmesh.py
+	$(UV) run --frozen python benchmarks/bench_dbt_impact.py
+	$(UV) run --frozen python benchmarks/bench_plan_state.py
 
 clean:
 	rm -rf .demo .dagster_home .dagctl-data
