@@ -18,9 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
 import tempfile
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +43,8 @@ from ..core.errors import DagctlStepError
 from ..core.plan import PlanSpec, seal_plan
 from ..core.steps import StepSpec
 from ..runner.dbt_parse import escape_undecodable
-from ..runner.step_guard import build_guard_argv
-from .local_backend import build_local_step_env, guarded_step, resolve_executable
+from .local_backend import build_local_step_env, stream_command_step
 from .runtime import PlanRuntime
-
-_TAIL_LINES = 20
 
 
 def requires_parse(spec: PlanSpec) -> bool:
@@ -80,25 +75,17 @@ def run_dbt_parse(step: StepSpec, output: Path, *, work_dir: Path) -> dict[str, 
 
     A declared secret missing from the code location is an environment problem like any other.
     """
-    log = get_dagster_logger("dagctl")
     try:
-        env = build_local_step_env(step)
+        build_local_step_env(step)  # a missing declared secret is reported before anything starts
     except DagctlStepError as error:
         return {"outcome": "environment_error", "message": str(error)}
-    tail: deque[str] = deque(maxlen=_TAIL_LINES)
-    with guarded_step(work_dir) as record:
-        argv = build_guard_argv([resolve_executable(step.argv[0]), *step.argv[1:]], keep=env, record=str(record))
-        with subprocess.Popen(argv, cwd=step.working_dir, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, bufsize=1, errors="replace") as process:
-            assert process.stdout is not None
-            for line in process.stdout:
-                line = escape_undecodable(line.rstrip())
-                tail.append(line)
-                log.info(line)
+    log = get_dagster_logger("dagctl")
+    code, tail = stream_command_step(step, lambda line: log.info(escape_undecodable(line)), work_dir=work_dir)
     if output.exists():
         return json.loads(output.read_text())
     return {"outcome": "environment_error",
-            "message": f"dbt's parse step exited with code {process.returncode}: " + " ".join(tail)}
+            "message": f"dbt's parse step exited with code {code}: "
+                       + " ".join(escape_undecodable(line) for line in tail)}
 
 
 def pin_base_manifest(runtime: PlanRuntime, project: ProjectConfig, spec: PlanSpec) -> Path | None:
