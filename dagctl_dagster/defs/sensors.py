@@ -41,7 +41,7 @@ from ..core.lifecycle import PlanState, PlanStatus, build_status_event
 from ..core.policy import SYSTEM_ACTOR
 from .execution import stop_run_steps_of
 from .runtime import PlanRuntime
-from ..core.plan import build_plan_id, split_plan_id
+from ..core.plan import build_plan_id
 from .store import find_plan_state, read_plan_index
 from .tags import TRIGGER_TAG, plan_run_tags
 
