@@ -91,9 +91,6 @@ def explain_dbt_plan(
     read, is_base_gone = _read_change(mirror, project, base_commit, target_commit, config_path)
     if read.file_text is None:
         _check_subdirectory(mirror, project, target_commit)
-    # Identities of every commit between base and target (only the target when the base is gone).
-    list_authors = mirror.start_listing_commit_identities(
-        None if is_base_gone else base_commit, target_commit)
     version = parse_project_repo_config(read.file_text, path=config_path, commit=target_commit).version
     files = tuple(build_file_change(e.path, e.change_type, e.old_path) for e in read.entries)
     scope = build_dbt_scope(files, has_base=base_commit is not None, is_base_gone=is_base_gone,
@@ -116,7 +113,7 @@ def explain_dbt_plan(
         author=bound_text(requested_by or info.author_name, MAX_AUTHOR_CHARS),
         authors=tuple(CommitIdentity(name=bound_text(name, MAX_AUTHOR_CHARS),
                                      email=bound_text(email, MAX_AUTHOR_CHARS))
-                      for name, email in list_authors()),
+                      for name, email in read.identities),
         commit_message=bound_text(info.message, MAX_MESSAGE_CHARS),
         commits_ahead=ahead,
         files=files,

@@ -107,6 +107,7 @@ class ChangeRead:
     info: CommitInfo
     file_text: str | None
     ahead: int
+    identities: list[tuple[str, str]]
 
 
 @dataclass(frozen=True)
@@ -459,28 +460,6 @@ class GitMirror:
         args = _identities_args(self.resolve(base) if base else None, target_sha)
         return _parse_identities(self._run(args, action="list the commits of"))
 
-    def start_listing_commit_identities(
-        self, base: str | None, target: str
-    ) -> Callable[[], list[tuple[str, str]]]:
-        """`list_commit_identities`, started now in its own git process and collected by calling the result,
-        so `detect` can run it alongside `read_change` (full shas only). On failure, the collector falls
-        back to `list_commit_identities`, which raises the precise `DagctlGitError`.
-
-        Example: `authors = mirror.start_listing_commit_identities(base, head); ...; authors()`.
-        """
-        self._require_mirror()
-        env = {**os.environ, **self._mirror_env(self.mirror_dir)}
-        process = subprocess.Popen(["git", *_identities_args(base, target)], env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE)
-
-        def collect() -> list[tuple[str, str]]:
-            output, _ = process.communicate()
-            if process.returncode != 0:
-                return self.list_commit_identities(base, target)
-            return _parse_identities(output.decode("utf-8", "replace"))
-
-        return collect
-
     def commits_ahead(self, base: str, target: str) -> int:
         """How many commits `target` has that `base` has not (`git rev-list --count base..target`).
 
@@ -539,9 +518,11 @@ class GitMirror:
         """Everything `detect` needs from Git, read by concurrent git processes (one round trip).
 
         The diff (as `diff`), the target's commit info (as `commit_info`), one file at the target (as
-        `read_file`) and the commits ahead (as `commits_ahead`) come from at most three git processes started
-        together: `detect` costs little more than `git diff` itself. `target` (and `base`) must be full shas.
-        On any failure it falls back to the individual reads, which raise the precise `DagctlGitError`.
+        `read_file`), the commits ahead (as `commits_ahead`) and their identities (as `list_commit_identities`)
+        come from two git processes started together (`diff`, and one `log` that both counts and lists the
+        commits) and a persistent `cat-file`: `detect` costs little more than `git diff` itself. `target` (and
+        `base`) must be full shas. On any failure it falls back to the individual reads, which raise the
+        precise `DagctlGitError`.
 
         Example: `mirror.read_change(base, head, subdirectory="dbt", file_path="dbt/.dagctl/config.yaml")`.
         """
@@ -556,9 +537,7 @@ class GitMirror:
                      base or _EMPTY_TREE, target, "--"]
         if subdirectory:
             diff_args.append(f":(top,literal){subdirectory}/")
-        commands = {"diff": diff_args}
-        if base is not None:
-            commands["ahead"] = ["rev-list", "--count", f"{base}..{target}"]
+        commands = {"diff": diff_args, "log": _identities_args(base, target)}
         processes = {
             name: subprocess.Popen(["git", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             for name, args in commands.items()
@@ -573,7 +552,8 @@ class GitMirror:
         if commit_raw is None or any(code != 0 for _, _, code in outputs.values()):
             return ChangeRead(
                 entries=self.diff(base, target, subdirectory=subdirectory), info=self.commit_info(target),
-                file_text=self.read_file(target, path), ahead=self.commits_ahead(base, target) if base else 0)
+                file_text=self.read_file(target, path), ahead=self.commits_ahead(base, target) if base else 0,
+                identities=self.list_commit_identities(base, target))
         try:
             file_text = file_raw.decode("utf-8") if file_raw is not None else None
         except UnicodeDecodeError as error:
@@ -584,7 +564,8 @@ class GitMirror:
             entries=_parse_name_status(outputs["diff"][0].decode("utf-8", "surrogateescape"), subdirectory),
             info=_parse_commit_object(target, commit_raw),
             file_text=file_text,
-            ahead=int(outputs["ahead"][0]) if base is not None else 0,
+            ahead=outputs["log"][0].count(b"\n") if base is not None else 0,
+            identities=_parse_identities(outputs["log"][0].decode("utf-8", "replace")),
         )
 
     def _objects(self) -> git.Git:

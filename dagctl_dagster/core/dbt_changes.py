@@ -14,6 +14,8 @@ never completes as executed while dbt built nothing of what it says.
 
 from __future__ import annotations
 
+import re
+
 from collections.abc import Iterable, Sequence
 from enum import StrEnum
 from fnmatch import fnmatch
@@ -128,6 +130,9 @@ def categorize_path(path: str) -> FileCategory:
     }.get(top, FileCategory.OTHER)
 
 
+_WHITESPACE = re.compile(r"\s")  # what `str.isspace` calls whitespace, as one scan
+
+
 def get_unselectable_reason(path: str) -> str | None:
     """Why dbt's `path:` selector cannot name `path` exactly, or `None` when `build_path_selector` can.
 
@@ -136,7 +141,7 @@ def get_unselectable_reason(path: str) -> str | None:
 
     Example: `get_unselectable_reason("models/my model.sql")` is `"it contains whitespace"`.
     """
-    if any(character.isspace() for character in path):
+    if _WHITESPACE.search(path):
         return "it contains whitespace"
     if "," in path:
         return "it contains a comma"

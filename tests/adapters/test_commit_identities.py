@@ -24,14 +24,16 @@ def test_every_author_and_committer_between_base_and_target_is_listed_once(tmp_p
     assert first_deployment == [("ann", "ann@example.com"), ("carol", "carol@example.com")]
 
 
-def test_listing_started_alongside_other_reads_gives_the_same_identities(tmp_path):
+def test_detects_read_lists_the_same_identities_and_counts_the_commits(tmp_path):
     repo = make_repo(tmp_path / "repo")
     base = repo.head
     repo.commit("First", {"a.txt": "1\n"}, author="ann")
+    repo.commit("Second", {"a.txt": "2\n"}, author="ann")
     mirror = GitMirror(repo.url, tmp_path / "mirror.git")
     mirror.ensure()
 
-    collect = mirror.start_listing_commit_identities(base, repo.head)
+    read = mirror.read_change(base, repo.head, file_path="a.txt")
 
-    assert collect() == mirror.list_commit_identities(base, repo.head) == [
+    assert read.identities == mirror.list_commit_identities(base, repo.head) == [
         ("ann", "ann@example.com"), ("carol", "carol@example.com")]
+    assert read.ahead == mirror.commits_ahead(base, repo.head) == 2

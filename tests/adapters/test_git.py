@@ -537,6 +537,7 @@ def test_read_change_in_one_round_trip_equals_the_individual_reads(
         info=mirror.commit_info(target),
         file_text=mirror.read_file(target, "dbt/.dagctl/config.yaml"),
         ahead=mirror.commits_ahead(base, target),
+        identities=mirror.list_commit_identities(base, target),
     )
     assert (read.file_text, read.ahead, read.info.message) == ('version: "2"\n', 2, "Add countries")
 
