@@ -4,6 +4,8 @@
   `registry/repository@sha256:...`, read from the Kaniko container's termination message.
 - `run_step_in_pod`: one `StepSpec` as a pod, with a dagster-pipes session (dagster-k8s's pod body and pod
   log message reader), so the asset materializations the pod reports reach Dagster.
+- `parse_dbt_in_pod`: dbt's parse of a plan's pinned commit (inside `detect`) as such a pod, on the runner
+  image, its result and graph sent back as pipes messages (`runner.dbt_parse_pod`).
 
 Both stream the container's output into the run's log while it runs, fail with a `DagctlStepError` naming
 the pod's reason and its last log lines, and delete what they created unless it failed and the backend
@@ -64,10 +66,12 @@ from ..adapters.kubernetes.specs import (
     build_step_pod,
     to_label_value,
 )
-from ..core.config import ProjectConfig
+from ..core.config import EnvironmentConfig, ProjectConfig
 from ..core.errors import DagctlStepError
 from ..core.kubernetes_config import KubernetesBackendConfig
+from ..core.plan import PlanSpec
 from ..core.steps import StepSpec
+from ..runner.dbt_parse_pod import read_parse_messages
 
 # Log lines of the failing container kept in a step error.
 TAIL_LINES = 20
@@ -142,11 +146,12 @@ def run_step_in_pod(
     backend: KubernetesBackendConfig,
     api_client: DagsterKubernetesClient | None = None,
     checkout: GitCheckout | None = None,
-) -> None:
+) -> list[Any]:
     """Runs `step` as a pod and waits for it; what it reports over dagster-pipes is logged to the run.
 
     The container's output is streamed into the run's log; asset materializations reported from inside
-    the pod (the dbt runner reports one per model built) become `AssetMaterialization` events of this op.
+    the pod (the dbt runner reports one per model built) become `AssetMaterialization` events of this op,
+    and the custom messages it reported are returned (the parse pod's result and graph).
     With a `checkout`, the pinned commit is fetched into the pod first and the step runs in its project
     folder (`checkout.project_dir`). Raises `DagctlStepError` with the pod's reason and last log lines.
 
@@ -189,6 +194,73 @@ def run_step_in_pod(
     _log_reported_results(context, session.get_reported_results())
     if failure is not None:
         raise failure
+    return list(session.get_custom_messages())
+
+
+# Where the parse pod writes dbt's target folder and its result: the pod's workspace volume (an emptyDir).
+PARSE_DIR = "/workspace/dbt-parse"
+
+
+def build_dbt_parse_pod_step(project: ProjectConfig, env: EnvironmentConfig, spec: PlanSpec,
+                             backend: KubernetesBackendConfig, checkout: GitCheckout) -> StepSpec:
+    """The parse step of a dbt plan as its pod runs it: `runner.dbt_parse_pod` on the runner image, in the
+    checkout of the pinned commit, with the environment's declared step environment (its secrets become
+    `secretKeyRef`s of the pod) and the plan's labels.
+
+    Before approval no image of the commit exists (Kaniko builds it in `build`), so the parse runs on the
+    runner image, which holds dbt and the adapters it was built with: a project on another adapter needs a
+    runner image with that adapter (docs/kubernetes.md). `profiles.yml` comes from the project folder, or
+    from `dbt_profiles_secret`, as for `execute`. No `--packages-cache` and no `--state`: the pod keeps no
+    files between plans, so dbt parses cold and the state comparison has no base manifest.
+    """
+    from .execution import plan_labels
+    from .sqlmesh_plans import build_declared_step
+
+    target_path = f"{PARSE_DIR}/target"
+    argv = ("python", "-m", "dagctl_dagster.runner.dbt_parse_pod", "--project-dir", checkout.project_dir,
+            "--target-path", target_path, "--target", env.dbt_target, "--output", f"{PARSE_DIR}/result.json")
+    return build_declared_step(
+        project, env, name="parse", argv=argv, working_dir=checkout.project_dir, image=backend.runner_image,
+        env_vars={"DBT_PROFILES_DIR": checkout.project_dir, "DBT_LOG_PATH": target_path,
+                  "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"},
+        labels=plan_labels(spec))
+
+
+def parse_dbt_in_pod(
+    context: OpExecutionContext,
+    *,
+    project: ProjectConfig,
+    env: EnvironmentConfig,
+    spec: PlanSpec,
+    backend: KubernetesBackendConfig,
+    checkout: GitCheckout,
+    api_client: DagsterKubernetesClient | None = None,
+) -> tuple[dict[str, Any], Any | None]:
+    """dbt's parse of `spec`'s pinned commit in a pod; returns the parse result and the graph (`DbtGraph`,
+    `None` unless dbt parsed), as `defs.dbt_impact` resolves the plan's impact on them.
+
+    The pod is a step pod like `execute`'s (restricted, labels, timeouts, log following, deleted unless it
+    failed in its container and failed pods are kept); it may take at most `parse_timeout_seconds`. A pod
+    that fails, times out or never starts (a missing secret, an image that cannot be pulled) is an
+    environment problem: the plan is explained from Git and says why its impact is unavailable.
+
+    Example (inside `detect`):
+        result, graph = parse_dbt_in_pod(context, project=project, env=env, spec=spec, backend=backend,
+                                         checkout=GitCheckout(repository, spec.target_commit))
+    """
+    step = build_dbt_parse_pod_step(project, env, spec, backend, checkout)
+    bounded = backend.model_copy(update={"timeout_seconds": min(backend.timeout_seconds,
+                                                                backend.parse_timeout_seconds)})
+    try:
+        messages = run_step_in_pod(context, step=step, backend=bounded, api_client=api_client, checkout=checkout)
+    except DagctlStepError as error:
+        return {"outcome": "environment_error", "message": f"dbt's parse pod: {error}"}, None
+    result, graph = read_parse_messages(messages)
+    if result.get("outcome") == "parsed":
+        context.log.info(f"dbt parsed commit {spec.target_commit[:12]} in a pod: {result.get('mode')}, "
+                         f"{result.get('seconds')}s, {len(graph.nodes)} nodes (the Kubernetes backend keeps no "
+                         "parse state between plans)")
+    return result, graph
 
 
 def resolve_pass_env(step: StepSpec, environ: Mapping[str, str]) -> StepSpec:
