@@ -46,6 +46,7 @@ from dagster_pipes import PIPES_PROTOCOL_VERSION_FIELD
 
 from ..adapters.kubernetes.client import (
     describe_pod,
+    get_container_status,
     get_failed_container,
     has_container_started,
     iter_log_lines,
@@ -146,6 +147,7 @@ def run_step_in_pod(
     backend: KubernetesBackendConfig,
     api_client: DagsterKubernetesClient | None = None,
     checkout: GitCheckout | None = None,
+    fail_on_config_error: bool = False,
 ) -> list[Any]:
     """Runs `step` as a pod and waits for it; what it reports over dagster-pipes is logged to the run.
 
@@ -153,7 +155,9 @@ def run_step_in_pod(
     the pod (the dbt runner reports one per model built) become `AssetMaterialization` events of this op,
     and the custom messages it reported are returned (the parse pod's result and graph).
     With a `checkout`, the pinned commit is fetched into the pod first and the step runs in its project
-    folder (`checkout.project_dir`). Raises `DagctlStepError` with the pod's reason and last log lines.
+    folder (`checkout.project_dir`). Raises `DagctlStepError` with the pod's reason and last log lines;
+    with `fail_on_config_error`, at once when the container cannot be configured (a secret or key its
+    environment names does not exist), where dagster-k8s would wait for it until the timeout.
 
     Example (in the plan job's execute op):
         run_step_in_pod(context, step=step, backend=backend)
@@ -179,6 +183,8 @@ def run_step_in_pod(
         _create(lambda: client.core_api.create_namespaced_pod(namespace, body), f"pod {namespace}/{pod_name}")
         run.restart_clock()
         try:
+            if fail_on_config_error:
+                run.wait_until_configured()
             run.wait_until_started()
             if checkout is not None:
                 run.log_init_containers(GIT_CONTAINERS)
@@ -240,9 +246,9 @@ def parse_dbt_in_pod(
     `None` unless dbt parsed), as `defs.dbt_impact` resolves the plan's impact on them.
 
     The pod is a step pod like `execute`'s (restricted, labels, timeouts, log following, deleted unless it
-    failed in its container and failed pods are kept); it may take at most `parse_timeout_seconds`. A pod
-    that fails, times out or never starts (a missing secret, an image that cannot be pulled) is an
-    environment problem: the plan is explained from Git and says why its impact is unavailable.
+    failed in its container and failed pods are kept); it may take at most `parse_timeout_seconds`, and a
+    secret its environment names that does not exist fails it at once. A pod that fails, times out or never
+    starts (a missing secret, an image that cannot be pulled) is an environment problem: the plan is explained from Git and says why its impact is unavailable.
 
     Example (inside `detect`):
         result, graph = parse_dbt_in_pod(context, project=project, env=env, spec=spec, backend=backend,
@@ -252,7 +258,8 @@ def parse_dbt_in_pod(
     bounded = backend.model_copy(update={"timeout_seconds": min(backend.timeout_seconds,
                                                                 backend.parse_timeout_seconds)})
     try:
-        messages = run_step_in_pod(context, step=step, backend=bounded, api_client=api_client, checkout=checkout)
+        messages = run_step_in_pod(context, step=step, backend=bounded, api_client=api_client, checkout=checkout,
+                                   fail_on_config_error=True)
     except DagctlStepError as error:
         return {"outcome": "environment_error", "message": f"dbt's parse pod: {error}"}, None
     result, graph = read_parse_messages(messages)
@@ -413,6 +420,10 @@ class _RunLogMessageReader(PipesK8sPodLogsMessageReader):
             self._on_output(text)
 
 
+# Waiting reasons of a container that is still being created (its init containers may be running).
+_CREATING = (None, "ContainerCreating", "PodInitializing")
+
+
 class _PodRun:
     """The life of one pod (a build job's or a step's): waits, log streaming, failure report, clean-up."""
 
@@ -446,6 +457,22 @@ class _PodRun:
         except DagsterK8sError:
             if not has_container_started(self.read_pod(), self.container):
                 raise
+
+    def wait_until_configured(self) -> None:
+        """Until the main container is past creation; a `CreateContainerConfigError` (a missing secret or
+        key) raises at once. Any other state (running, an image pull error, a timeout) is left to
+        `wait_until_started`, which reports it."""
+        while self.client.timer() - self.started <= self.backend.timeout_seconds:
+            pod = self.read_pod()
+            if pod is None:
+                return
+            status = get_container_status(pod, self.container)
+            waiting = status.state.waiting if status is not None and status.state is not None else None
+            if waiting is not None and waiting.reason == "CreateContainerConfigError":
+                raise DagsterK8sError(f"container '{self.container}' cannot be created: {waiting.message}")
+            if status is not None and (waiting is None or waiting.reason not in _CREATING):
+                return
+            self.client.sleeper(self.backend.poll_interval_seconds)
 
     def wait_until_terminated(self) -> None:
         self._wait(WaitForPodState.Terminated)

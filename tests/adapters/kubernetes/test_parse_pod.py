@@ -261,6 +261,17 @@ def test_a_parse_pod_that_never_starts_is_an_environment_problem_and_is_deleted(
     assert [kind for kind, _ in cluster.deleted] == ["pod"]
 
 
+def test_a_parse_pod_whose_secret_does_not_exist_gives_up_at_once(run_in_op, world, tmp_path):
+    cluster = parse_pod([], waiting="CreateContainerConfigError")
+
+    spec, _ = impact_in_pod(run_in_op, world, tmp_path, cluster)
+
+    assert spec.dbt_impact.status is ImpactStatus.UNAVAILABLE
+    assert "container 'dagctl-step' waiting: CreateContainerConfigError" in spec.dbt_impact.reason
+    assert cluster.clock.slept < 300  # not the parse timeout: dagster-k8s alone would wait for the secret
+    assert [kind for kind, _ in cluster.deleted] == ["pod"]
+
+
 def test_a_parse_pod_waiting_past_the_parse_timeout_is_stopped_and_deleted(run_in_op, world, tmp_path):
     clock_cluster = parse_pod([], ends_at=None)
 
