@@ -112,15 +112,9 @@ def _parse(runtime: PlanRuntime, project: ProjectConfig, env: EnvironmentConfig,
     the pod, not variables of the run worker; it parses cold and without `state`: docs/kubernetes.md)."""
     backend = project.backend_for(env)
     if isinstance(backend, KubernetesBackendConfig):
-        from dagster import OpExecutionContext
-
-        from .execution import build_checkout
         from .kubernetes_steps import parse_dbt_in_pod
 
-        return parse_dbt_in_pod(
-            OpExecutionContext.get(), project=project, env=env, spec=spec, backend=backend,
-            checkout=build_checkout(runtime, project, spec),
-            api_client=runtime.kubernetes_client() if runtime.kubernetes_client else None)
+        return parse_dbt_in_pod(runtime, project=project, env=env, spec=spec, backend=backend)
     mirror = runtime.mirror(project)
     snapshot = mirror.export_snapshot(spec.target_commit, runtime.snapshot_dir(project, spec.target_commit),
                                       subdirectory=project.subdirectory)

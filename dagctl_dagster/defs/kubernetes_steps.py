@@ -73,6 +73,7 @@ from ..core.kubernetes_config import KubernetesBackendConfig
 from ..core.plan import PlanSpec
 from ..core.steps import StepSpec
 from ..runner.dbt_parse_pod import read_parse_messages
+from .runtime import PlanRuntime
 
 # Log lines of the failing container kept in a step error.
 TAIL_LINES = 20
@@ -233,14 +234,12 @@ def build_dbt_parse_pod_step(project: ProjectConfig, env: EnvironmentConfig, spe
 
 
 def parse_dbt_in_pod(
-    context: OpExecutionContext,
+    runtime: PlanRuntime,
     *,
     project: ProjectConfig,
     env: EnvironmentConfig,
     spec: PlanSpec,
     backend: KubernetesBackendConfig,
-    checkout: GitCheckout,
-    api_client: DagsterKubernetesClient | None = None,
 ) -> tuple[dict[str, Any], Any | None]:
     """dbt's parse of `spec`'s pinned commit in a pod; returns the parse result and the graph (`DbtGraph`,
     `None` unless dbt parsed), as `defs.dbt_impact` resolves the plan's impact on them.
@@ -250,10 +249,16 @@ def parse_dbt_in_pod(
     secret its environment names that does not exist fails it at once. A pod that fails, times out or never
     starts (a missing secret, an image that cannot be pulled) is an environment problem: the plan is explained from Git and says why its impact is unavailable.
 
+    Runs in the current op (`detect`), with the cluster client `runtime.kubernetes_client` gives, if any.
+
     Example (inside `detect`):
-        result, graph = parse_dbt_in_pod(context, project=project, env=env, spec=spec, backend=backend,
-                                         checkout=GitCheckout(repository, spec.target_commit))
+        result, graph = parse_dbt_in_pod(runtime, project=project, env=env, spec=spec, backend=backend)
     """
+    from .execution import build_checkout
+
+    context = OpExecutionContext.get()
+    api_client = runtime.kubernetes_client() if runtime.kubernetes_client is not None else None
+    checkout = build_checkout(runtime, project, spec)
     step = build_dbt_parse_pod_step(project, env, spec, backend, checkout)
     bounded = backend.model_copy(update={"timeout_seconds": min(backend.timeout_seconds,
                                                                 backend.parse_timeout_seconds)})
