@@ -309,6 +309,12 @@ class KubernetesBackendConfig(BaseModel):
     timeout_seconds: int = Field(
         default=3600, ge=1, description="Longest a build or a step may take, pending time included."
     )
+    parse_cache_claim: ObjectName | None = Field(
+        default=None,
+        description="PersistentVolumeClaim mounted into dbt's parse pods: keeps each project's last parses "
+        "(manifest, partial-parse file) and dbt packages, so the next plan's parse is partial. "
+        "ReadWriteMany when parse pods may run on several nodes at once. Default: none, every parse is cold.",
+    )
     parse_timeout_seconds: int = Field(
         default=600, ge=1,
         description="Longest dbt's parse pod (in `detect`, before approval) may take, pending time included "

@@ -149,6 +149,7 @@ def run_step_in_pod(
     api_client: DagsterKubernetesClient | None = None,
     checkout: GitCheckout | None = None,
     fail_on_config_error: bool = False,
+    claims: dict[str, str] | None = None,
 ) -> list[Any]:
     """Runs `step` as a pod and waits for it; what it reports over dagster-pipes is logged to the run.
 
@@ -167,7 +168,8 @@ def run_step_in_pod(
     namespace = backend.namespace
     pod_name = build_resource_name("dagctl", step.labels.get(LABEL_PLAN_ID, ""), step.name,
                                    _run_suffix(context))
-    manifest = build_step_pod(resolve_pass_env(step, os.environ), backend, pod_name=pod_name, checkout=checkout)
+    manifest = build_step_pod(resolve_pass_env(step, os.environ), backend, pod_name=pod_name, checkout=checkout,
+                              claims=claims)
     reader = _RunLogMessageReader(on_line=lambda text: context.log.info(f"[{step.name}] {text}"))
     run = _PodRun(context, client, backend, what=f"step '{step.name}'", container=STEP_CONTAINER)
     run.pod_name = pod_name
@@ -206,6 +208,8 @@ def run_step_in_pod(
 
 # Where the parse pod writes dbt's target folder and its result: the pod's workspace volume (an emptyDir).
 PARSE_DIR = "/workspace/dbt-parse"
+# Where `parse_cache_claim` is mounted in the parse pod; each project keeps its parse state in a folder there.
+PARSE_CACHE_DIR = "/dagctl/parse-cache"
 
 
 def build_dbt_parse_pod_step(project: ProjectConfig, env: EnvironmentConfig, spec: PlanSpec,
@@ -217,15 +221,19 @@ def build_dbt_parse_pod_step(project: ProjectConfig, env: EnvironmentConfig, spe
     Before approval no image of the commit exists (Kaniko builds it in `build`), so the parse runs on the
     runner image, which holds dbt and the adapters it was built with: a project on another adapter needs a
     runner image with that adapter (docs/kubernetes.md). `profiles.yml` comes from the project folder, or
-    from `dbt_profiles_secret`, as for `execute`. No `--packages-cache` and no `--state`: the pod keeps no
-    files between plans, so dbt parses cold and the state comparison has no base manifest.
+    from `dbt_profiles_secret`, as for `execute`. With `parse_cache_claim`, the parse state of the project's
+    last plans and its dbt packages are kept on that claim (`--cache-dir`), so dbt parses partially;
+    without it, the pod keeps no files between plans and dbt parses cold. Never `--state`: the run worker
+    cannot read the claim, so the state comparison has no base manifest.
     """
     from .execution import plan_labels
     from .sqlmesh_plans import build_declared_step
 
     target_path = f"{PARSE_DIR}/target"
     argv = ("python", "-m", "dagctl_dagster.runner.dbt_parse_pod", "--project-dir", checkout.project_dir,
-            "--target-path", target_path, "--target", env.dbt_target, "--output", f"{PARSE_DIR}/result.json")
+            "--target-path", target_path, "--target", env.dbt_target, "--output", f"{PARSE_DIR}/result.json",
+            *(("--cache-dir", f"{PARSE_CACHE_DIR}/{project.name}", "--commit", spec.target_commit)
+              if backend.parse_cache_claim else ()))
     return build_declared_step(
         project, env, name="parse", argv=argv, working_dir=checkout.project_dir, image=backend.runner_image,
         env_vars={"DBT_PROFILES_DIR": checkout.project_dir, "DBT_LOG_PATH": target_path,
@@ -263,15 +271,18 @@ def parse_dbt_in_pod(
     bounded = backend.model_copy(update={"timeout_seconds": min(backend.timeout_seconds,
                                                                 backend.parse_timeout_seconds)})
     try:
-        messages = run_step_in_pod(context, step=step, backend=bounded, api_client=api_client, checkout=checkout,
-                                   fail_on_config_error=True)
+        messages = run_step_in_pod(
+            context, step=step, backend=bounded, api_client=api_client, checkout=checkout, fail_on_config_error=True,
+            claims={PARSE_CACHE_DIR: backend.parse_cache_claim} if backend.parse_cache_claim else None)
     except DagctlStepError as error:
         return {"outcome": "environment_error", "message": f"dbt's parse pod: {error}"}, None
     result, graph = read_parse_messages(messages)
     if result.get("outcome") == "parsed":
         context.log.info(f"dbt parsed commit {spec.target_commit[:12]} in a pod: {result.get('mode')}, "
-                         f"{result.get('seconds')}s, {len(graph.nodes)} nodes (the Kubernetes backend keeps no "
-                         "parse state between plans)")
+                         f"{result.get('seconds')}s, {len(graph.nodes)} nodes " + (
+                             f"(parse state kept on the claim {backend.parse_cache_claim})"
+                             if backend.parse_cache_claim else
+                             "(the Kubernetes backend keeps no parse state between plans: see parse_cache_claim)"))
     return result, graph
 
 

@@ -1,9 +1,13 @@
 """The `parse` step of a dbt plan inside a pod: dbt's parse of the pinned commit, reported over dagster-pipes.
 
-    python -m dagctl_dagster.runner.dbt_parse_pod --project-dir DIR --target-path DIR --target T --output FILE
+    python -m dagctl_dagster.runner.dbt_parse_pod --project-dir DIR --target-path DIR --target T --output FILE \
+        [--cache-dir DIR --commit SHA]
 
-The same options as `runner.dbt_parse` (which does the parsing, unchanged); the pod has no file the run
-worker can read, so what the plan needs comes back as dagster-pipes custom messages in the pod's log:
+The same options as `runner.dbt_parse` (which does the parsing, unchanged). With `--cache-dir` (the
+backend's `parse_cache_claim`), the project's parse state is kept there as `adapters.dbt_manifest.
+DbtParseCache` keeps it locally (the newest partial-parse file seeds this parse, this commit's is stored
+after it) and dbt packages under `dbt_packages/`. The pod has no file the run worker can read, so what the
+plan needs comes back as dagster-pipes custom messages in the pod's log:
 
 - `{"dagctl": "dbt_graph", "index": i, "data": "..."}`: the compact graph (`core.dbt_impact.DbtGraph`, what
   `adapters.dbt_manifest.read_dbt_graph` reads from the manifest), as JSON rows, zlib-compressed,
@@ -92,20 +96,37 @@ def read_parse_messages(payloads: Iterable[Any]) -> tuple[dict[str, Any], Any | 
     return result, DbtGraph(nodes=nodes)
 
 
+def _keep_going(action: Any, pipes: Any, what: str) -> None:
+    """The parse cache only makes parses faster: a cache that cannot be read or written is a warning."""
+    try:
+        action()
+    except OSError as error:
+        pipes.log.warning(f"could not {what} the parse cache: {error}; dbt parses without it")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from dagster_pipes import open_dagster_pipes
 
-    from ..adapters.dbt_manifest import MANIFEST, read_dbt_graph
+    from ..adapters.dbt_manifest import MANIFEST, DbtParseCache, read_dbt_graph
     from . import dbt_parse
 
     parser = argparse.ArgumentParser(prog="python -m dagctl_dagster.runner.dbt_parse_pod", add_help=False,
                                      allow_abbrev=False)
     parser.add_argument("--target-path", required=True, type=Path)
+    parser.add_argument("--target", required=True)
     parser.add_argument("--output", required=True, type=Path)
-    known, _ = parser.parse_known_args(argv)
+    parser.add_argument("--cache-dir", default=None, type=Path)
+    parser.add_argument("--commit", default=None)
+    known, rest = parser.parse_known_args(argv)
+    parse_argv = ["--target-path", str(known.target_path), "--target", known.target, "--output", str(known.output),
+                  *rest]
+    cache = DbtParseCache(known.cache_dir / "dbt_parse") if known.cache_dir and known.commit else None
     with open_dagster_pipes() as pipes:
         known.output.parent.mkdir(parents=True, exist_ok=True)
-        dbt_parse.main(argv)
+        if cache is not None:
+            parse_argv += ["--packages-cache", str(known.cache_dir / "dbt_packages")]
+            _keep_going(lambda: cache.seed(known.target_path, target=known.target), pipes, "read")
+        dbt_parse.main(parse_argv)
         if known.output.exists():
             result = json.loads(known.output.read_text())
         else:
@@ -113,6 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         graph = None
         if result.get("outcome") == "parsed":
             graph = read_dbt_graph(known.target_path / MANIFEST)
+            if cache is not None:
+                _keep_going(lambda: cache.store(known.commit, known.target_path, target=known.target), pipes,
+                            "write")
         for payload in build_parse_messages(result, graph):
             pipes.report_custom_message(payload)
         pipes.log.info(f"dbt parse: {result.get('outcome')}"

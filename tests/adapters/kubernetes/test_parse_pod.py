@@ -309,3 +309,45 @@ def test_a_parse_pod_that_crashed_before_reporting_is_an_environment_problem(run
     assert "exit code 137" in spec.dbt_impact.reason and "MemoryError" in spec.dbt_impact.reason
     assert cluster.deleted == []  # failed in its container: kept for `kubectl logs` (keep_failed_jobs)
     assert any("kept pod analytics/dagctl-jaffle-prod-" in line for line in logs)
+
+
+def test_with_a_parse_cache_claim_the_parse_pod_mounts_it_and_keeps_the_project_state_there(
+        run_in_op, world, pod_log, tmp_path):
+    runtime = build_runtime(world, KUBERNETES.replace("}", ", parse_cache_claim: dagctl-parse-cache}"), tmp_path)
+    cluster = parse_pod(pod_log)
+    runtime.kubernetes_client = cluster.client
+    project = runtime.deployment.projects[0]
+    _, logs = run_in_op(lambda context: attach_dbt_impact(runtime, project, project.environments[0],
+                                                          explain(runtime, world)))
+
+    [pod] = cluster.created_pods
+    assert_valid_manifest(pod)
+    assert pod_security_violations(pod["spec"], "restricted") == []
+    assert {"name": "claim-0", "persistentVolumeClaim": {"claimName": "dagctl-parse-cache"}} in pod["spec"]["volumes"]
+    [container] = pod["spec"]["containers"]
+    assert {"name": "claim-0", "mountPath": "/dagctl/parse-cache"} in container["volumeMounts"]
+    assert container["command"][-4:] == ["--cache-dir", "/dagctl/parse-cache/jaffle", "--commit", world.target]
+    assert any("parse state kept on the claim dagctl-parse-cache" in line for line in logs)
+
+
+def test_the_parse_pod_runner_parses_partially_from_its_cache_folder(world, tmp_path):
+    """What the pod does with the claim: the second parse of a commit starts from the first's state."""
+    checkout = tmp_path / "checkout"
+    run_git("clone", "-q", world.repo.url, str(checkout))
+    run_git("checkout", "-q", "--detach", world.target, cwd=checkout)
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "DBT_PROFILES_DIR": str(DBT_PROFILES),
+           "DAGCTL_WAREHOUSE_DIR": str(world.warehouse), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
+
+    def parse(pod: str) -> dict[str, Any]:  # each pod starts with an empty target folder
+        output = tmp_path / pod / "result.json"
+        subprocess.run([sys.executable, "-m", "dagctl_dagster.runner.dbt_parse_pod", "--project-dir", str(checkout),
+                        "--target-path", str(tmp_path / pod / "target"), "--target", "prod", "--output", str(output),
+                        "--cache-dir", str(tmp_path / "claim" / "jaffle"), "--commit", world.target],
+                       env=env, cwd=checkout, check=True, capture_output=True)
+        return json.loads(output.read_text())
+
+    first, second = parse("pod-1"), parse("pod-2")
+
+    assert (first["outcome"], first["mode"]) == ("parsed", "cold")
+    assert (second["outcome"], second["mode"]) == ("parsed", "partial")
+    assert (tmp_path / "claim" / "jaffle" / "dbt_parse" / world.target / "partial_parse.msgpack").exists()
