@@ -49,11 +49,13 @@ COPY pyproject.toml uv.lock ./
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-dev --no-install-project
 
-# Source layer: our package, installed as a regular (non-editable) wheel with its package data.
+# Source layer: our package, installed as a regular (non-editable) wheel with its package data. uv keys its
+# cached build of a local project on pyproject.toml alone: without --reinstall-package, a cache mount kept
+# between builds would install the wheel of older sources.
 COPY README.md ./
 COPY dagctl_dagster ./dagctl_dagster
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --no-editable
+    uv sync --frozen --no-dev --no-editable --reinstall-package dagctl-dagster
 
 USER dagctl
 WORKDIR /app

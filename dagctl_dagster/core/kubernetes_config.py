@@ -1,7 +1,8 @@
 """Kubernetes backend configuration: where and how a project's steps run in a cluster.
 
 With `backend: {type: kubernetes, ...}` a dbt plan's `build` is a Kaniko job that builds an image of the
-pinned commit and pushes it to `registry`, and `execute` (dbt or SQLMesh) is a pod in `namespace`. Every
+pinned commit and pushes it to `registry`, and `execute` (dbt or SQLMesh) is a pod in `namespace`, as is
+dbt's parse of the pinned commit in `detect` (on `runner_image`). Every
 name, image reference and label is checked here with the rules Kubernetes and the container registries
 apply, so a value the cluster would reject fails when the deployment config is loaded, with its field
 path, and not halfway through a plan. Secret values never appear in this config: only the names of the
@@ -307,6 +308,18 @@ class KubernetesBackendConfig(BaseModel):
     )
     timeout_seconds: int = Field(
         default=3600, ge=1, description="Longest a build or a step may take, pending time included."
+    )
+    parse_cache_claim: ObjectName | None = Field(
+        default=None,
+        description="PersistentVolumeClaim mounted into dbt's parse pods: keeps each project's last parses "
+        "(manifest, partial-parse file) and dbt packages, so the next plan's parse is partial. "
+        "ReadWriteMany when parse pods may run on several nodes at once. Default: none, every parse is cold.",
+    )
+    parse_timeout_seconds: int = Field(
+        default=600, ge=1,
+        description="Longest dbt's parse pod (in `detect`, before approval) may take, pending time included "
+        "(at most `timeout_seconds`). A parse pod that does not finish in time (e.g. waiting for a secret "
+        "that does not exist) leaves the plan explained from Git with its impact unavailable.",
     )
     poll_interval_seconds: float = Field(default=5.0, gt=0, description="Seconds between status polls.")
     keep_failed_jobs: bool = Field(

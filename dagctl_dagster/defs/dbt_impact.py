@@ -8,9 +8,9 @@ exactly the environment's declared one (like `execute`), and resolves the plan's
 `execute` re-parses and re-resolves them (through the same `detect`), so `gate` refuses a plan whose nodes
 differ from the approved ones.
 
-The parse never connects to the warehouse. On the Kubernetes backend it runs as a local process in the run
-worker too (the code location's image has dbt and the adapter; a parse pod would cost an image pull and a
-pod start per plan for a few seconds of work).
+The parse never connects to the warehouse. On the Kubernetes backend it is a pod like `execute`'s
+(`kubernetes_steps.parse_dbt_in_pod`): the step's declared secrets exist only there, and only the runner
+image is sure to hold the project's adapter; its result and graph come back as dagster-pipes messages.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 from dagster import MetadataValue, TableColumn, TableRecord, TableSchema, get_dagster_logger
 
 from ..adapters.dbt_manifest import MANIFEST, DbtParseCache, read_dbt_graph
-from ..core.config import EnvironmentConfig, ProjectConfig
+from ..core.config import EnvironmentConfig, KubernetesBackendConfig, ProjectConfig
 from ..core.dbt_changes import DbtScope, Scope, build_dbt_commands
 from ..core.dbt_impact import (
     DbtGraph,
@@ -107,7 +107,14 @@ def pin_base_manifest(runtime: PlanRuntime, project: ProjectConfig, spec: PlanSp
 
 def _parse(runtime: PlanRuntime, project: ProjectConfig, env: EnvironmentConfig, spec: PlanSpec,
            state: Path | None) -> tuple[dict[str, Any], DbtGraph | None]:
-    """dbt's parse of the plan's snapshot (its result, and the graph when it parsed)."""
+    """dbt's parse of the plan's snapshot (its result, and the graph when it parsed): a guarded local process,
+    or on the Kubernetes backend a pod of the runner image (there the step's secrets are `secretKeyRef`s of
+    the pod, not variables of the run worker; it parses cold and without `state`: docs/kubernetes.md)."""
+    backend = project.backend_for(env)
+    if isinstance(backend, KubernetesBackendConfig):
+        from .kubernetes_steps import parse_dbt_in_pod
+
+        return parse_dbt_in_pod(runtime, project=project, env=env, spec=spec, backend=backend)
     mirror = runtime.mirror(project)
     snapshot = mirror.export_snapshot(spec.target_commit, runtime.snapshot_dir(project, spec.target_commit),
                                       subdirectory=project.subdirectory)

@@ -4,6 +4,8 @@
   `registry/repository@sha256:...`, read from the Kaniko container's termination message.
 - `run_step_in_pod`: one `StepSpec` as a pod, with a dagster-pipes session (dagster-k8s's pod body and pod
   log message reader), so the asset materializations the pod reports reach Dagster.
+- `parse_dbt_in_pod`: dbt's parse of a plan's pinned commit (inside `detect`) as such a pod, on the runner
+  image, its result and graph sent back as pipes messages (`runner.dbt_parse_pod`).
 
 Both stream the container's output into the run's log while it runs, fail with a `DagctlStepError` naming
 the pod's reason and its last log lines, and delete what they created unless it failed and the backend
@@ -44,6 +46,7 @@ from dagster_pipes import PIPES_PROTOCOL_VERSION_FIELD
 
 from ..adapters.kubernetes.client import (
     describe_pod,
+    get_container_status,
     get_failed_container,
     has_container_started,
     iter_log_lines,
@@ -64,10 +67,13 @@ from ..adapters.kubernetes.specs import (
     build_step_pod,
     to_label_value,
 )
-from ..core.config import ProjectConfig
+from ..core.config import EnvironmentConfig, ProjectConfig
 from ..core.errors import DagctlStepError
 from ..core.kubernetes_config import KubernetesBackendConfig
+from ..core.plan import PlanSpec
 from ..core.steps import StepSpec
+from ..runner.dbt_parse_pod import read_parse_messages
+from .runtime import PlanRuntime
 
 # Log lines of the failing container kept in a step error.
 TAIL_LINES = 20
@@ -142,13 +148,18 @@ def run_step_in_pod(
     backend: KubernetesBackendConfig,
     api_client: DagsterKubernetesClient | None = None,
     checkout: GitCheckout | None = None,
-) -> None:
+    fail_on_config_error: bool = False,
+    claims: dict[str, str] | None = None,
+) -> list[Any]:
     """Runs `step` as a pod and waits for it; what it reports over dagster-pipes is logged to the run.
 
     The container's output is streamed into the run's log; asset materializations reported from inside
-    the pod (the dbt runner reports one per model built) become `AssetMaterialization` events of this op.
+    the pod (the dbt runner reports one per model built) become `AssetMaterialization` events of this op,
+    and the custom messages it reported are returned (the parse pod's result and graph).
     With a `checkout`, the pinned commit is fetched into the pod first and the step runs in its project
-    folder (`checkout.project_dir`). Raises `DagctlStepError` with the pod's reason and last log lines.
+    folder (`checkout.project_dir`). Raises `DagctlStepError` with the pod's reason and last log lines;
+    with `fail_on_config_error`, at once when the container cannot be configured (a secret or key its
+    environment names does not exist), where dagster-k8s would wait for it until the timeout.
 
     Example (in the plan job's execute op):
         run_step_in_pod(context, step=step, backend=backend)
@@ -157,7 +168,8 @@ def run_step_in_pod(
     namespace = backend.namespace
     pod_name = build_resource_name("dagctl", step.labels.get(LABEL_PLAN_ID, ""), step.name,
                                    _run_suffix(context))
-    manifest = build_step_pod(resolve_pass_env(step, os.environ), backend, pod_name=pod_name, checkout=checkout)
+    manifest = build_step_pod(resolve_pass_env(step, os.environ), backend, pod_name=pod_name, checkout=checkout,
+                              claims=claims)
     reader = _RunLogMessageReader(on_line=lambda text: context.log.info(f"[{step.name}] {text}"))
     run = _PodRun(context, client, backend, what=f"step '{step.name}'", container=STEP_CONTAINER)
     run.pod_name = pod_name
@@ -174,6 +186,8 @@ def run_step_in_pod(
         _create(lambda: client.core_api.create_namespaced_pod(namespace, body), f"pod {namespace}/{pod_name}")
         run.restart_clock()
         try:
+            if fail_on_config_error:
+                run.wait_until_configured()
             run.wait_until_started()
             if checkout is not None:
                 run.log_init_containers(GIT_CONTAINERS)
@@ -189,6 +203,87 @@ def run_step_in_pod(
     _log_reported_results(context, session.get_reported_results())
     if failure is not None:
         raise failure
+    return list(session.get_custom_messages())
+
+
+# Where the parse pod writes dbt's target folder and its result: the pod's workspace volume (an emptyDir).
+PARSE_DIR = "/workspace/dbt-parse"
+# Where `parse_cache_claim` is mounted in the parse pod; each project keeps its parse state in a folder there.
+PARSE_CACHE_DIR = "/dagctl/parse-cache"
+
+
+def build_dbt_parse_pod_step(project: ProjectConfig, env: EnvironmentConfig, spec: PlanSpec,
+                             backend: KubernetesBackendConfig, checkout: GitCheckout) -> StepSpec:
+    """The parse step of a dbt plan as its pod runs it: `runner.dbt_parse_pod` on the runner image, in the
+    checkout of the pinned commit, with the environment's declared step environment (its secrets become
+    `secretKeyRef`s of the pod) and the plan's labels.
+
+    Before approval no image of the commit exists (Kaniko builds it in `build`), so the parse runs on the
+    runner image, which holds dbt and the adapters it was built with: a project on another adapter needs a
+    runner image with that adapter (docs/kubernetes.md). `profiles.yml` comes from the project folder, or
+    from `dbt_profiles_secret`, as for `execute`. With `parse_cache_claim`, the parse state of the project's
+    last plans and its dbt packages are kept on that claim (`--cache-dir`), so dbt parses partially;
+    without it, the pod keeps no files between plans and dbt parses cold. Never `--state`: the run worker
+    cannot read the claim, so the state comparison has no base manifest.
+    """
+    from .execution import plan_labels
+    from .sqlmesh_plans import build_declared_step
+
+    target_path = f"{PARSE_DIR}/target"
+    argv = ("python", "-m", "dagctl_dagster.runner.dbt_parse_pod", "--project-dir", checkout.project_dir,
+            "--target-path", target_path, "--target", env.dbt_target, "--output", f"{PARSE_DIR}/result.json",
+            *(("--cache-dir", f"{PARSE_CACHE_DIR}/{project.name}", "--commit", spec.target_commit)
+              if backend.parse_cache_claim else ()))
+    return build_declared_step(
+        project, env, name="parse", argv=argv, working_dir=checkout.project_dir, image=backend.runner_image,
+        env_vars={"DBT_PROFILES_DIR": checkout.project_dir, "DBT_LOG_PATH": target_path,
+                  "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"},
+        labels=plan_labels(spec))
+
+
+def parse_dbt_in_pod(
+    runtime: PlanRuntime,
+    *,
+    project: ProjectConfig,
+    env: EnvironmentConfig,
+    spec: PlanSpec,
+    backend: KubernetesBackendConfig,
+) -> tuple[dict[str, Any], Any | None]:
+    """dbt's parse of `spec`'s pinned commit in a pod; returns the parse result and the graph (`DbtGraph`,
+    `None` unless dbt parsed), as `defs.dbt_impact` resolves the plan's impact on them.
+
+    The pod is a step pod like `execute`'s (restricted, labels, timeouts, log following, deleted unless it
+    failed in its container and failed pods are kept); it may take at most `parse_timeout_seconds`, and a
+    secret its environment names that does not exist fails it at once. A pod that fails, times out or never
+    starts (a missing secret, an image that cannot be pulled) is an environment problem: the plan is explained from Git and says why its impact is unavailable.
+
+    Runs in the current op (`detect`), with the cluster client `runtime.kubernetes_client` gives, if any.
+
+    Example (inside `detect`):
+        result, graph = parse_dbt_in_pod(runtime, project=project, env=env, spec=spec, backend=backend)
+    """
+    from .execution import build_checkout
+
+    context = OpExecutionContext.get()
+    api_client = runtime.kubernetes_client() if runtime.kubernetes_client is not None else None
+    checkout = build_checkout(runtime, project, spec)
+    step = build_dbt_parse_pod_step(project, env, spec, backend, checkout)
+    bounded = backend.model_copy(update={"timeout_seconds": min(backend.timeout_seconds,
+                                                                backend.parse_timeout_seconds)})
+    try:
+        messages = run_step_in_pod(
+            context, step=step, backend=bounded, api_client=api_client, checkout=checkout, fail_on_config_error=True,
+            claims={PARSE_CACHE_DIR: backend.parse_cache_claim} if backend.parse_cache_claim else None)
+    except DagctlStepError as error:
+        return {"outcome": "environment_error", "message": f"dbt's parse pod: {error}"}, None
+    result, graph = read_parse_messages(messages)
+    if result.get("outcome") == "parsed":
+        context.log.info(f"dbt parsed commit {spec.target_commit[:12]} in a pod: {result.get('mode')}, "
+                         f"{result.get('seconds')}s, {len(graph.nodes)} nodes " + (
+                             f"(parse state kept on the claim {backend.parse_cache_claim})"
+                             if backend.parse_cache_claim else
+                             "(the Kubernetes backend keeps no parse state between plans: see parse_cache_claim)"))
+    return result, graph
 
 
 def resolve_pass_env(step: StepSpec, environ: Mapping[str, str]) -> StepSpec:
@@ -341,6 +436,10 @@ class _RunLogMessageReader(PipesK8sPodLogsMessageReader):
             self._on_output(text)
 
 
+# Waiting reasons of a container that is still being created (its init containers may be running).
+_CREATING = (None, "ContainerCreating", "PodInitializing")
+
+
 class _PodRun:
     """The life of one pod (a build job's or a step's): waits, log streaming, failure report, clean-up."""
 
@@ -374,6 +473,22 @@ class _PodRun:
         except DagsterK8sError:
             if not has_container_started(self.read_pod(), self.container):
                 raise
+
+    def wait_until_configured(self) -> None:
+        """Until the main container is past creation; a `CreateContainerConfigError` (a missing secret or
+        key) raises at once. Any other state (running, an image pull error, a timeout) is left to
+        `wait_until_started`, which reports it."""
+        while self.client.timer() - self.started <= self.backend.timeout_seconds:
+            pod = self.read_pod()
+            if pod is None:
+                return
+            status = get_container_status(pod, self.container)
+            waiting = status.state.waiting if status is not None and status.state is not None else None
+            if waiting is not None and waiting.reason == "CreateContainerConfigError":
+                raise DagsterK8sError(f"container '{self.container}' cannot be created: {waiting.message}")
+            if status is not None and (waiting is None or waiting.reason not in _CREATING):
+                return
+            self.client.sleeper(self.backend.poll_interval_seconds)
 
     def wait_until_terminated(self) -> None:
         self._wait(WaitForPodState.Terminated)

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from dagster import DagsterInstance, MetadataValue, OpExecutionContext
 
@@ -36,6 +37,9 @@ class PlanRuntime:
     storage_dir: Path
     config_dir: Path = Path(".")
     clock: Callable[[], datetime] = utc_now
+    # The Kubernetes backend's API client for steps run inside `detect` (the parse pod): `None` builds it from
+    # the backend's credentials; tests pass one over a faked cluster.
+    kubernetes_client: Callable[[], Any] | None = None
     _mirrors: dict[str, GitMirror] = field(default_factory=dict)
 
     def mirror(self, project: ProjectConfig) -> GitMirror:

@@ -18,6 +18,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -36,9 +37,15 @@ from dagctl_dagster.adapters.kubernetes.specs import (
     build_plan_labels,
     build_step_pod,
 )
+from dagctl_dagster.adapters.dbt_manifest import read_dbt_graph
 from dagctl_dagster.adapters.sqlmesh import explain_sqlmesh_plan
+from dagctl_dagster.core.config import ProjectConfig
+from dagctl_dagster.core.dbt_impact import build_selective_impact
 from dagctl_dagster.core.kubernetes_config import KubernetesBackendConfig
+from dagctl_dagster.core.plan import PlanSpec
 from dagctl_dagster.core.steps import StepSpec
+from dagctl_dagster.defs.kubernetes_steps import build_dbt_parse_pod_step
+from dagctl_dagster.runner.dbt_parse_pod import read_parse_messages
 
 pytestmark = pytest.mark.image
 
@@ -195,9 +202,10 @@ def adapt_for_podman(pod: dict[str, Any], secret_folders: dict[str, str], shared
 
 
 def play_step_pod(manifest: dict[str, Any], step: StepSpec, tmp_path: Path, secret_folders: dict[str, str],
-                  shared_folders: list[str] = ()) -> tuple[list[str], int, dict[str, Any]]:
+                  shared_folders: list[str] = ()) -> tuple[list[str], int, dict[str, Any], list[Any]]:
     """Runs `manifest` as the backend does (pipes session, dagster-k8s pod body) under `podman kube play`;
-    returns the materialized asset keys of the Dagster run, the step's exit code and its inspect data."""
+    returns the materialized asset keys of the Dagster run, the step's exit code, its inspect data and the
+    custom messages it reported."""
     name = manifest["metadata"]["name"]
     namespace = manifest["metadata"]["namespace"]
     outcome: dict[str, Any] = {}
@@ -222,6 +230,7 @@ def play_step_pod(manifest: dict[str, Any], step: StepSpec, tmp_path: Path, secr
             reader.consume_pod_logs(context, PodmanPodLogs(), name, namespace)
         for result in session.get_results():
             context.log_event(AssetMaterialization(asset_key=result.asset_key, metadata=result.metadata))
+        outcome["messages"] = list(session.get_custom_messages())
 
     @job
     def step_job():
@@ -235,7 +244,7 @@ def play_step_pod(manifest: dict[str, Any], step: StepSpec, tmp_path: Path, secr
         podman("pod", "rm", "-f", name, check=False)
     assert result.success, logs.stdout[-3000:] + logs.stderr[-3000:]
     keys = sorted(event.asset_key.to_user_string() for event in result.get_asset_materialization_events())
-    return keys, outcome["exit"], outcome["inspect"]
+    return keys, outcome["exit"], outcome["inspect"], outcome["messages"]
 
 
 def assert_ran_restricted(inspect: dict[str, Any]) -> None:
@@ -259,7 +268,7 @@ def test_dbt_execution_pod_builds_the_project_and_reports_each_model(project_ima
                     env={"DAGCTL_PROJECT": "jaffle", "DAGCTL_ENVIRONMENT": "prod", "DAGCTL_WAREHOUSE_DIR": "/tmp"})
     manifest = build_step_pod(step, backend(dbt_profiles_secret="dbt-profiles"), pod_name="dagctl-test-dbt")
 
-    keys, exit_code, inspect = play_step_pod(manifest, step, tmp_path, {"dbt-profiles": str(profiles)})
+    keys, exit_code, inspect, _ = play_step_pod(manifest, step, tmp_path, {"dbt-profiles": str(profiles)})
 
     assert exit_code == 0
     assert_ran_restricted(inspect)
@@ -270,15 +279,25 @@ def test_dbt_execution_pod_builds_the_project_and_reports_each_model(project_ima
 def git_daemon(tmp_path) -> Iterator[tuple[str, str, Path]]:
     """The SQLMesh example project in a bare repository served by `git daemon` on loopback; yields the
     repository URL, its head commit and a working copy of that commit."""
-    work = tmp_path / "shop"
-    shutil.copytree(ROOT / "examples" / "sqlmesh_shop", work)
+    yield from serve_project(tmp_path, ROOT / "examples" / "sqlmesh_shop", "shop")
+
+
+@pytest.fixture
+def jaffle_daemon(tmp_path) -> Iterator[tuple[str, str, Path]]:
+    """The same for the example dbt project."""
+    yield from serve_project(tmp_path, ROOT / "examples" / "jaffle_dbt", "jaffle")
+
+
+def serve_project(tmp_path: Path, source: Path, name: str) -> Iterator[tuple[str, str, Path]]:
+    work = tmp_path / name
+    shutil.copytree(source, work, ignore=shutil.ignore_patterns("target", "logs", "dbt_packages"))
     git = ["git", "-c", "user.name=carol", "-c", "user.email=carol@example.com"]
     subprocess.run([*git, "init", "-q", "-b", "main", str(work)], check=True)
     subprocess.run([*git, "-C", str(work), "add", "-A"], check=True)
     subprocess.run([*git, "-C", str(work), "commit", "-qm", "Shop"], check=True)
     served = tmp_path / "served"
     served.mkdir()
-    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(served / "shop.git")], check=True)
+    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(served / f"{name}.git")], check=True)
     commit = subprocess.run(["git", "-C", str(work), "rev-parse", "HEAD"], check=True, capture_output=True,
                             text=True).stdout.strip()
     with socket.socket() as probe:
@@ -289,11 +308,11 @@ def git_daemon(tmp_path) -> Iterator[tuple[str, str, Path]]:
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 30
-        while subprocess.run(["git", "ls-remote", f"git://127.0.0.1:{port}/shop.git"],
+        while subprocess.run(["git", "ls-remote", f"git://127.0.0.1:{port}/{name}.git"],
                              capture_output=True).returncode != 0:
             assert time.monotonic() < deadline and daemon.poll() is None, "git daemon did not start"
             time.sleep(0.2)
-        yield f"git://127.0.0.1:{port}/shop.git", commit, work
+        yield f"git://127.0.0.1:{port}/{name}.git", commit, work
     finally:
         os.killpg(daemon.pid, signal.SIGKILL)  # `git daemon` runs `git-daemon` as a child: stop both
         daemon.wait(timeout=30)
@@ -321,8 +340,46 @@ def test_sqlmesh_apply_pod_checks_out_the_pinned_commit_verifies_and_applies(git
              "HOME": "/tmp"})
     manifest = build_step_pod(step, backend(), pod_name="dagctl-test-sqlmesh", checkout=checkout)
 
-    keys, exit_code, inspect = play_step_pod(manifest, step, tmp_path, {}, [str(warehouse)])
+    keys, exit_code, inspect, _ = play_step_pod(manifest, step, tmp_path, {}, [str(warehouse)])
 
     assert exit_code == 0
     assert_ran_restricted(inspect)
     assert keys == sorted(f"sqlmesh/shop/{model}" for model in SHOP_MODELS)
+
+
+def test_dbt_parse_pod_reports_the_impact_the_local_parse_finds(jaffle_daemon, tmp_path):
+    """The parse pod of a dbt plan on the Kubernetes backend, as `kubernetes_steps` generates it (runner
+    image, checkout of the pinned commit, restricted, profiles from `dbt_profiles_secret`), played by
+    podman: the graph and result it sends back over pipes give the impact dbt's local parse gives."""
+    repository, commit, work = jaffle_daemon
+    profiles = tmp_path / "profiles"
+    shutil.copytree(ROOT / "examples" / "dbt_profiles", profiles)
+    project = ProjectConfig.model_validate({
+        "name": "jaffle", "framework": "dbt", "repository": repository, "environments": [{"name": "prod"}],
+        "step_env": {"env": {"DAGCTL_WAREHOUSE_DIR": "/tmp"}},
+        "backend": {"type": "kubernetes", "namespace": "analytics", "runner_image": IMAGE, "registry": "localhost",
+                    "git_image": IMAGE, "dbt_profiles_secret": "dbt-profiles"}})
+    spec = PlanSpec.model_construct(plan_id="jaffle-prod-0001", project="jaffle", environment="prod",
+                                    target_commit=commit)
+    checkout = GitCheckout(repository, commit)
+    step = build_dbt_parse_pod_step(project, project.environments[0], spec, project.backend, checkout)
+    manifest = build_step_pod(step, project.backend, pod_name="dagctl-test-dbt-parse", checkout=checkout)
+
+    _, exit_code, inspect, messages = play_step_pod(manifest, step, tmp_path, {"dbt-profiles": str(profiles)})
+    result, graph = read_parse_messages(messages)
+
+    assert exit_code == 0
+    assert_ran_restricted(inspect)
+    assert (result["outcome"], result["mode"]) == ("parsed", "cold"), result
+    local_target = tmp_path / "local-target"
+    environ = {"DBT_PROFILES_DIR": str(profiles), "DAGCTL_WAREHOUSE_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-m", "dagctl_dagster.runner.dbt_parse", "--project-dir", str(work),
+                    "--target-path", str(local_target), "--target", "prod", "--output", str(tmp_path / "local.json")],
+                   env={**os.environ, **environ}, check=True, timeout=600)
+    assert json.loads((tmp_path / "local.json").read_text())["outcome"] == "parsed"
+    local = read_dbt_graph(local_target / "manifest.json")
+    assert graph.content_hash() == local.content_hash()
+    selection = ("path:models/staging/stg_orders.sql",)
+    assert build_selective_impact(graph, selection, parse=None) == build_selective_impact(local, selection, parse=None)
+    assert {node.unique_id for node in build_selective_impact(graph, selection, parse=None).downstream} == {
+        "model.jaffle.orders", "model.jaffle.customers"}

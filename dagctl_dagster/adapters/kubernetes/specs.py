@@ -360,11 +360,13 @@ def build_step_pod(
     *,
     pod_name: str,
     checkout: GitCheckout | None = None,
+    claims: dict[str, str] | None = None,
 ) -> Manifest:
     """The Pod that runs one step: `step.argv` as the container command, never through a shell.
 
     The image is `step.image` (the built image's digest for dbt) or the backend's runner image. With a
     `checkout`, init containers fetch the pinned commit first and the step runs in its project folder.
+    `claims` mounts PersistentVolumeClaims into the step container: `{mount path: claim name}`.
 
     Example:
         build_step_pod(StepSpec(name="execute-0", argv=("dbt", "build"), image="reg/jaffle@sha256:...",
@@ -395,6 +397,9 @@ def build_step_pod(
         volumes += _checkout_volumes(backend)
         mounts.append({"name": "workspace", "mountPath": WORKSPACE_DIR})
         working_dir = checkout.project_dir
+    for index, (path, claim) in enumerate(sorted((claims or {}).items())):
+        volumes.append({"name": f"claim-{index}", "persistentVolumeClaim": {"claimName": claim}})
+        mounts.append({"name": f"claim-{index}", "mountPath": path})
     if backend.dbt_profiles_secret:
         volumes.append({"name": "dbt-profiles", "secret": {
             "secretName": backend.dbt_profiles_secret, "items": [{"key": "profiles.yml", "path": "profiles.yml"}],

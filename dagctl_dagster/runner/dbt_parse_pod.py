@@ -1,0 +1,148 @@
+"""The `parse` step of a dbt plan inside a pod: dbt's parse of the pinned commit, reported over dagster-pipes.
+
+    python -m dagctl_dagster.runner.dbt_parse_pod --project-dir DIR --target-path DIR --target T --output FILE \
+        [--cache-dir DIR --commit SHA]
+
+The same options as `runner.dbt_parse` (which does the parsing, unchanged). With `--cache-dir` (the
+backend's `parse_cache_claim`), the project's parse state is kept there as `adapters.dbt_manifest.
+DbtParseCache` keeps it locally (the newest partial-parse file seeds this parse, this commit's is stored
+after it) and dbt packages under `dbt_packages/`. The pod has no file the run worker can read, so what the
+plan needs comes back as dagster-pipes custom messages in the pod's log:
+
+- `{"dagctl": "dbt_graph", "index": i, "data": "..."}`: the compact graph (`core.dbt_impact.DbtGraph`, what
+  `adapters.dbt_manifest.read_dbt_graph` reads from the manifest), as JSON rows, zlib-compressed,
+  base64-encoded and cut into chunks of `CHUNK_CHARS`;
+- then `{"dagctl": "dbt_parse", "result": {...}, "graph": {"chunks": n, "sha256": "..."} | null}`: the
+  parse result (`outcome`, `mode`, `seconds`, `modified`, `message`, as `runner.dbt_parse` writes it) and
+  how to check the graph. It comes last: a run worker that reads it has read every chunk before it.
+
+Why the graph and not the resolved impact: resolving (the `path:` selection, dbt's state comparison
+narrowing a macro change, downstream distances, the fingerprint's material) stays in one place, the run
+worker's `defs.dbt_impact`, the same code for both backends and for the re-resolution at execute. The
+graph of a 2,000-model project is about 1-2 MB of JSON but repeats itself (paths, fqns, parent ids):
+compressed it is a tenth of that, a few dozen log lines. Each line stays far below the 8 KiB (podman's
+conmon) and 16 KiB (containerd, CRI-O) at which container runtimes split a log line into partial records,
+so no runtime or log reader ever has to join one.
+
+Never connects to the warehouse. Exit code 0 when a result was reported (the outcome says how it went).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+CHUNK_CHARS = 3500
+GRAPH_MESSAGE = "dbt_graph"
+RESULT_MESSAGE = "dbt_parse"
+_ROW = ("unique_id", "resource_type", "name", "path", "patch_path", "fqn", "parents")
+
+
+def build_parse_messages(result: dict[str, Any], graph: Any | None) -> Iterator[dict[str, Any]]:
+    """The custom-message payloads of a parse: the graph's chunks, then the result.
+
+    Example: `list(build_parse_messages({"outcome": "project_error", "message": "..."}, None))` is one
+    result message with `"graph": None`.
+    """
+    summary = None
+    if graph is not None:
+        rows = [[getattr(node, key) for key in _ROW] for _, node in sorted(graph.nodes.items())]
+        packed = base64.b64encode(zlib.compress(json.dumps(rows, separators=(",", ":")).encode(), 6)).decode()
+        chunks = [packed[start:start + CHUNK_CHARS] for start in range(0, len(packed), CHUNK_CHARS)] or [""]
+        for index, chunk in enumerate(chunks):
+            yield {"dagctl": GRAPH_MESSAGE, "index": index, "data": chunk}
+        summary = {"chunks": len(chunks), "sha256": hashlib.sha256(packed.encode()).hexdigest()}
+    yield {"dagctl": RESULT_MESSAGE, "result": result, "graph": summary}
+
+
+def read_parse_messages(payloads: Iterable[Any]) -> tuple[dict[str, Any], Any | None]:
+    """The parse result and the graph (`DbtGraph`, or `None` when dbt did not parse) from the payloads
+    `build_parse_messages` sent; a missing result or an incomplete graph is an environment error.
+    """
+    from ..core.dbt_impact import DbtGraph, DbtGraphNode
+
+    chunks: dict[int, str] = {}
+    message: dict[str, Any] | None = None
+    for payload in payloads:
+        if not isinstance(payload, dict):
+            continue
+        if payload.get("dagctl") == GRAPH_MESSAGE:
+            chunks[int(payload["index"])] = str(payload["data"])
+        elif payload.get("dagctl") == RESULT_MESSAGE:
+            message = payload
+    if message is None:
+        return {"outcome": "environment_error",
+                "message": "the parse pod reported no result (its log names what went wrong)"}, None
+    result, summary = dict(message["result"]), message.get("graph")
+    if result.get("outcome") != "parsed":
+        return result, None
+    if not summary:
+        return {"outcome": "environment_error", "message": "the parse pod parsed but sent no graph"}, None
+    count = int(summary["chunks"])
+    packed = "".join(chunks.get(index, "") for index in range(count))
+    if len([index for index in range(count) if index in chunks]) != count or (
+            hashlib.sha256(packed.encode()).hexdigest() != summary["sha256"]):
+        return {"outcome": "environment_error",
+                "message": f"the parse pod's graph arrived incomplete ({len(chunks)} of {count} parts, or "
+                           "altered): its log was cut; retry the plan"}, None
+    rows = json.loads(zlib.decompress(base64.b64decode(packed)))
+    nodes = {row[0]: DbtGraphNode.model_validate(dict(zip(_ROW, row, strict=True))) for row in rows}
+    return result, DbtGraph(nodes=nodes)
+
+
+def _keep_going(action: Any, pipes: Any, what: str) -> None:
+    """The parse cache only makes parses faster: a cache that cannot be read or written is a warning."""
+    try:
+        action()
+    except OSError as error:
+        pipes.log.warning(f"could not {what} the parse cache: {error}; dbt parses without it")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from dagster_pipes import open_dagster_pipes
+
+    from ..adapters.dbt_manifest import MANIFEST, DbtParseCache, read_dbt_graph
+    from . import dbt_parse
+
+    parser = argparse.ArgumentParser(prog="python -m dagctl_dagster.runner.dbt_parse_pod", add_help=False,
+                                     allow_abbrev=False)
+    parser.add_argument("--target-path", required=True, type=Path)
+    parser.add_argument("--target", required=True)
+    parser.add_argument("--output", required=True, type=Path)
+    parser.add_argument("--cache-dir", default=None, type=Path)
+    parser.add_argument("--commit", default=None)
+    known, rest = parser.parse_known_args(argv)
+    parse_argv = ["--target-path", str(known.target_path), "--target", known.target, "--output", str(known.output),
+                  *rest]
+    cache = DbtParseCache(known.cache_dir / "dbt_parse") if known.cache_dir and known.commit else None
+    with open_dagster_pipes() as pipes:
+        known.output.parent.mkdir(parents=True, exist_ok=True)
+        if cache is not None:
+            parse_argv += ["--packages-cache", str(known.cache_dir / "dbt_packages")]
+            _keep_going(lambda: cache.seed(known.target_path, target=known.target), pipes, "read")
+        dbt_parse.main(parse_argv)
+        if known.output.exists():
+            result = json.loads(known.output.read_text())
+        else:
+            result = {"outcome": "environment_error", "message": "dbt's parse wrote no result"}
+        graph = None
+        if result.get("outcome") == "parsed":
+            graph = read_dbt_graph(known.target_path / MANIFEST)
+            if cache is not None:
+                _keep_going(lambda: cache.store(known.commit, known.target_path, target=known.target), pipes,
+                            "write")
+        for payload in build_parse_messages(result, graph):
+            pipes.report_custom_message(payload)
+        pipes.log.info(f"dbt parse: {result.get('outcome')}"
+                       + (f", {len(graph.nodes)} nodes" if graph is not None else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
