@@ -47,6 +47,7 @@ bench: install
 	$(UV) run --frozen python benchmarks/bench_sqlmesh.py
 	$(UV) run --frozen python benchmarks/bench_dbt_impact.py
 	$(UV) run --frozen python benchmarks/bench_plan_state.py
+	$(UV) run --frozen python benchmarks/bench_decision.py
 
 clean:
 	rm -rf .demo .dagster_home .dagctl-data

@@ -29,10 +29,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-
-import git
+from typing import TYPE_CHECKING
 
 from ..core.errors import DagctlGitError
+
+if TYPE_CHECKING:
+    # GitPython is imported where a git command object is made (`_objects`, `_git`): importing the code
+    # location (every run of it, an approval's too) does not pay for it.
+    import git
 
 SSH_KEY_VARIABLE = "DAGCTL_GIT_SSH_KEY"
 TOKEN_VARIABLE = "DAGCTL_GIT_TOKEN"
@@ -571,6 +575,8 @@ class GitMirror:
     def _objects(self) -> git.Git:
         """A git command object whose `cat-file --batch` process stays alive between reads."""
         if self._object_git is None:
+            import git
+
             self._object_git = git.Git(str(self.mirror_dir))
             self._object_git.update_environment(**self._mirror_env(self.mirror_dir))
         return self._object_git
@@ -660,6 +666,8 @@ class GitMirror:
         return output.strip() if status == 0 and output.strip() else None
 
     def _extract_archive(self, tree: str, directory: Path, *, commit: str) -> None:
+        import git
+
         process = self._git(self.mirror_dir).execute(
             ["git", "archive", "--format=tar", tree], as_process=True, env=self._mirror_env(self.mirror_dir)
         )
@@ -740,6 +748,8 @@ class GitMirror:
 
     @staticmethod
     def _git(directory: Path | None) -> git.Git:
+        import git
+
         return git.Git(str(directory) if directory else None)
 
     def _error(self, action: str, stderr: str, *, hint: str) -> DagctlGitError:

@@ -22,7 +22,7 @@ from ..core.lifecycle import EventKind, PlanEvent, PlanStatus, get_last_complete
 from ..core.plan import Framework, PlanSpec
 from ..core.policy import SYSTEM_ACTOR
 from ..core.steps import StepSpec
-from .local_backend import PlanDbtTranslator, run_dbt_step, run_pipes_step, stop_run_steps
+from .local_backend import run_pipes_step, stop_run_steps
 from .runtime import PlanRuntime, project_env
 from .store import get_plan_state, read_plan_states
 
@@ -192,6 +192,8 @@ def execute_plan(context: OpExecutionContext, runtime: PlanRuntime, project: Pro
             checkout = build_checkout(runtime, project, spec) if spec.framework is Framework.SQLMESH else None
             run_step_in_pod(context, step=step, backend=backend, checkout=checkout)
         elif step.argv[0] == "dbt":
+            from .dbt_steps import PlanDbtTranslator, run_dbt_step  # dagster-dbt: loaded only to run dbt
+
             yield from run_dbt_step(
                 context, step, translator=PlanDbtTranslator(project.name, env.name),
                 target_path=runtime.run_dir(context.run_id) / step.name,

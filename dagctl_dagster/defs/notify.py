@@ -5,8 +5,6 @@ Best effort by design: a webhook that is down is logged as a warning and never f
 
 from __future__ import annotations
 
-import requests
-
 from ..core.config import EnvironmentConfig
 from ..core.lifecycle import EventKind, PlanEvent, PlanState, PlanStatus
 
@@ -37,6 +35,8 @@ def build_payload(state: PlanState, event: PlanEvent) -> dict[str, object]:
 def notify_transition(env: EnvironmentConfig, state: PlanState, event: PlanEvent, *, log) -> None:
     if not env.webhook_url or event.kind is not EventKind.STATUS or event.status not in NOTIFIED:
         return
+    import requests  # loaded only when a webhook is called: the code location's import stays light
+
     try:
         response = requests.post(env.webhook_url, json=build_payload(state, event), timeout=TIMEOUT_SECONDS)
         response.raise_for_status()

@@ -31,7 +31,7 @@ from ..core.config import EnvironmentConfig, KubernetesBackendConfig, ProjectCon
 from ..core.errors import DagctlError
 from ..core.lifecycle import PlanState
 from ..core.steps import StepSpec
-from .local_backend import PlanDbtTranslator, run_command_step, run_dbt_step
+from .local_backend import run_command_step
 from .runtime import PlanRuntime
 from .sqlmesh_plans import build_declared_step
 from .store import read_plan_index
@@ -129,6 +129,8 @@ def build_recurring_op(runtime: PlanRuntime):
                 checkout = GitCheckout(runtime.repository_url(project), commit, project.subdirectory)
             run_step_in_pod(context, step=step, backend=backend, checkout=checkout)
         elif step.argv[0] == "dbt":
+            from .dbt_steps import PlanDbtTranslator, run_dbt_step  # dagster-dbt: loaded only to run dbt
+
             yield from run_dbt_step(context, step, translator=PlanDbtTranslator(project.name, env.name),
                                     target_path=runtime.run_dir(context.run_id) / "recurring")
         else:

@@ -42,7 +42,7 @@ import sys
 from pathlib import Path
 from dagster import build_op_context
 from dagctl_dagster.core.steps import StepSpec
-from dagctl_dagster.defs.local_backend import PlanDbtTranslator, run_dbt_step
+from dagctl_dagster.defs.dbt_steps import PlanDbtTranslator, run_dbt_step
 
 project, profiles, target = sys.argv[1:4]
 step = StepSpec(name="execute-0", argv=("dbt", "build", "--target", "dev"), working_dir=project,
