@@ -67,6 +67,9 @@ class DbtGraphNode(BaseModel):
     patch_path: str | None = Field(default=None, description="The YAML file that describes it, if any.")
     fqn: tuple[str, ...] = Field(default=(), description="dbt's fully qualified name (package, folders, name).")
     parents: tuple[str, ...] = ()
+    test_name: str | None = Field(default=None, description="A generic test's test (test_metadata.name).")
+    column_name: str | None = Field(default=None, description="The column a generic test is attached to.")
+    file_key_name: str | None = Field(default=None, description="A generic test's YAML entry: 'models.orders'.")
 
 
 class DbtGraph(BaseModel):

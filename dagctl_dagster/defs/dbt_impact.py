@@ -39,12 +39,21 @@ from ..core.dbt_impact import (
     is_state_comparable,
     render_impact_line,
 )
-from ..core.errors import DagctlStepError
+from ..core.dbt_test_changes import (
+    YamlTestChange,
+    build_test_yaml_scope,
+    get_yaml_test_change,
+    is_test_yaml_candidate,
+)
+from ..core.errors import DagctlGitError, DagctlStepError
 from ..core.plan import PlanSpec, seal_plan
 from ..core.steps import StepSpec
 from ..runner.dbt_parse import escape_undecodable
 from .local_backend import build_local_step_env, stream_command_step
 from .runtime import PlanRuntime
+
+# A plan with more selected YAML files than this keeps dbt's `path:` rule for them (two Git reads each).
+MAX_TEST_YAMLS = 20
 
 
 def requires_parse(spec: PlanSpec) -> bool:
@@ -105,6 +114,38 @@ def pin_base_manifest(runtime: PlanRuntime, project: ProjectConfig, spec: PlanSp
     return pinned
 
 
+def read_test_yaml_changes(runtime: PlanRuntime, project: ProjectConfig, spec: PlanSpec
+                           ) -> dict[str, YamlTestChange]:
+    """The selected YAMLs of the plan whose only change is in their data tests, read from Git at the
+    deployed and the target commit (at most `MAX_TEST_YAMLS`: beyond, each keeps its `path:` rule)."""
+    scope = spec.dbt_scope
+    candidates = [change for change in spec.files if scope is not None and is_test_yaml_candidate(change, scope)]
+    if not candidates or len(candidates) > MAX_TEST_YAMLS or spec.base_commit is None:
+        return {}
+    mirror = runtime.mirror(project)
+    changes: dict[str, YamlTestChange] = {}
+    for change in candidates:
+        path = f"{project.subdirectory}/{change.path}" if project.subdirectory else change.path
+        try:
+            found = get_yaml_test_change(change.path, mirror.read_file(spec.base_commit, path),
+                                         mirror.read_file(spec.target_commit, path))
+        except DagctlGitError:  # not UTF-8: dbt reads it as nobody can review it; today's rule
+            continue
+        if found is not None:
+            changes[change.path] = found
+    return changes
+
+
+def render_parse_line(commit: str, seeded: str | None, result: dict[str, Any]) -> str:
+    """The log line of a parse. Example: "dbt parse of 3f2a9c1d0b4e: partial (from the partial-parse file
+    of this commit; 0 file(s) changed), 2.1s"."""
+    source = ("this commit" if seeded == commit else f"commit {seeded[:12]}") if seeded else None
+    how = f"from the partial-parse file of {source}" if source else "no partial-parse file kept"
+    if result.get("files_changed") is not None:
+        how += f"; {result['files_changed']} file(s) changed"
+    return f"dbt parse of {commit[:12]}: {result['mode']} ({how}), {result['seconds']:.1f}s"
+
+
 def _parse(runtime: PlanRuntime, project: ProjectConfig, env: EnvironmentConfig, spec: PlanSpec,
            state: Path | None) -> tuple[dict[str, Any], DbtGraph | None]:
     """dbt's parse of the plan's snapshot (its result, and the graph when it parsed)."""
@@ -117,12 +158,13 @@ def _parse(runtime: PlanRuntime, project: ProjectConfig, env: EnvironmentConfig,
     folder = Path(tempfile.mkdtemp(prefix=f"{spec.plan_id}-", dir=work))
     try:
         target_path = folder / "target"
-        cache.seed(target_path, target=env.dbt_target)
+        seeded = cache.seed(target_path, target=env.dbt_target, commit=spec.target_commit)
         output = folder / "result.json"
         step = build_dbt_parse_step(runtime, project, env, snapshot, target_path, output, state=state)
         result = run_dbt_parse(step, output, work_dir=folder / "step")
         if result.get("outcome") != "parsed":
             return result, None
+        get_dagster_logger("dagctl").info(render_parse_line(spec.target_commit, seeded, result))
         graph = read_dbt_graph(target_path / MANIFEST)
         cache.store(spec.target_commit, target_path, target=env.dbt_target)
         return result, graph
@@ -136,9 +178,10 @@ def build_dbt_impact(runtime: PlanRuntime, project: ProjectConfig, env: Environm
     by dbt's state comparison when macros changed and the deployed commit's manifest is kept."""
     scope = spec.dbt_scope
     assert scope is not None, "a dbt plan always has a scope"
-    comparable = spec.base_commit is not None and is_state_comparable(
-        spec.files, scope, has_base_manifest=True) and runtime.mirror(project).has_commit(spec.base_commit)
-    state = pin_base_manifest(runtime, project, spec) if comparable else None
+    has_base = spec.base_commit is not None and runtime.mirror(project).has_commit(spec.base_commit)
+    test_yamls = read_test_yaml_changes(runtime, project, spec) if has_base else {}
+    comparable = has_base and is_state_comparable(spec.files, scope, has_base_manifest=True)
+    state = pin_base_manifest(runtime, project, spec) if comparable or test_yamls else None
     if comparable and state is None:
         scope = scope.model_copy(update={"reason": f"{scope.reason} (dbt's state comparison cannot narrow it: "
                                           f"no manifest of the deployed commit {spec.base_commit[:12]} is kept)"})
@@ -151,8 +194,12 @@ def build_dbt_impact(runtime: PlanRuntime, project: ProjectConfig, env: Environm
                                 reason=result.get("message", "dbt did not parse"))
     base_hash = None
     if state is not None and "modified" in result:
-        scope = build_state_scope(scope, result["modified"], graph, base_commit=spec.base_commit or "")
         base_hash = hashlib.sha256((state / MANIFEST).read_bytes()).hexdigest()
+        if comparable:
+            scope = build_state_scope(scope, result["modified"], graph, base_commit=spec.base_commit or "")
+    if test_yamls:
+        scope = build_test_yaml_scope(scope, test_yamls, graph, modified=result.get("modified"),
+                                      base_commit=spec.base_commit or "")
     parse = DbtParseInfo(mode=ParseMode(result["mode"]), seconds=result["seconds"])
     if scope.scope is Scope.SELECTIVE:
         impact = build_selective_impact(graph, scope.selection, parse=parse,

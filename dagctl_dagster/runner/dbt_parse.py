@@ -13,7 +13,7 @@ the hash of `package-lock.yml` (or of the packages file when there is no lock), 
 packages reuses it.
 
 The result is written to FILE as JSON: `{"outcome": "parsed", "mode": "cold"|"partial", "seconds": S}`
-(with `--state`, also `"modified": [fqn, ...]`: what `dbt ls --select state:modified --state DIR` lists), or
+(a partial parse also says `"files_changed": N`, the files dbt found added, changed or deleted; with `--state`, also `"modified": [fqn, ...]`: what `dbt ls --select state:modified --state DIR` lists), or
 `{"outcome": "project_error" | "environment_error", "message": "..."}`. A project error is the project's
 fault (a missing ref, broken YAML or Jinja): the plan fails. An environment error is the fault of where the
 parse ran (the adapter is not installed, a variable the profile or project reads is not set): the plan is
@@ -113,8 +113,15 @@ def parse_project(project_dir: Path, target_path: Path, target: str, packages_ca
     against the manifest in that folder; returns the result (see the module docstring)."""
     from dbt.cli.main import dbtRunner
 
-    events: list[str] = []
-    runner = dbtRunner(callbacks=[lambda event: events.append(event.info.name)])
+    partial: list[int] = []  # files dbt found changed since the partial-parse file, when it used one
+
+    def on_event(event) -> None:
+        if event.info.name == "PartialParsingEnabled":
+            partial.append(event.data.added + event.data.changed + event.data.deleted)
+        elif event.info.name == "UnableToPartialParse":  # before, or after an error: dbt parses everything
+            partial.clear()
+
+    runner = dbtRunner(callbacks=[on_event])
     started = time.monotonic()
     error = _install_packages(runner, project_dir, packages_cache, target)
     if error is not None:
@@ -123,9 +130,10 @@ def parse_project(project_dir: Path, target_path: Path, target: str, packages_ca
                             "--target", target, "--quiet"])
     if not result.success:
         return {"outcome": _classify(result.exception), "message": _message(result.exception)}
-    mode = "partial" if "PartialParsingEnabled" in events else "cold"
-    parsed: dict[str, object] = {"outcome": "parsed", "mode": mode,
+    parsed: dict[str, object] = {"outcome": "parsed", "mode": "partial" if partial else "cold",
                                  "seconds": round(time.monotonic() - started, 3)}
+    if partial:
+        parsed["files_changed"] = partial[-1]
     if state is not None:
         listed = runner.invoke([
             "ls", "--project-dir", str(project_dir), "--target-path", str(target_path), "--target", target,
