@@ -15,6 +15,7 @@ from pathlib import Path
 from ..core.dbt_impact import DbtGraph, DbtGraphNode
 
 MANIFEST = "manifest.json"
+GRAPH_FILE = "dagctl_graph.json"  # runner.dbt_parse.GRAPH_FILE (the runner imports nothing of ours)
 PARTIAL_PARSE = "partial_parse.msgpack"
 TARGET_FILE = "dbt_target"
 # Sections of the manifest whose entries are graph nodes.
@@ -40,6 +41,22 @@ def read_dbt_graph(manifest_path: Path) -> DbtGraph:
                 patch_path=node.get("patch_path"), fqn=tuple(node.get("fqn") or ()),
                 parents=tuple(sorted(set(parents))), test_name=(node.get("test_metadata") or {}).get("name"),
                 column_name=node.get("column_name"), file_key_name=node.get("file_key_name"))
+    return DbtGraph.model_construct(nodes=nodes)
+
+
+def read_parsed_graph(target_path: Path) -> DbtGraph:
+    """The graph of a parse step's target path: the compact graph the step wrote from dbt's in-memory
+    manifest (`runner.dbt_parse.GRAPH_FILE`), else dbt's `manifest.json`."""
+    graph_file = target_path / GRAPH_FILE
+    if not graph_file.exists():
+        return read_dbt_graph(target_path / MANIFEST)
+    document = json.loads(graph_file.read_text())
+    fields = document["fields"]
+    nodes = {}
+    for row in document["rows"]:
+        values = dict(zip(fields, row, strict=True))
+        values["fqn"], values["parents"] = tuple(values["fqn"]), tuple(values["parents"])
+        nodes[values["unique_id"]] = DbtGraphNode.model_construct(**values)
     return DbtGraph.model_construct(nodes=nodes)
 
 

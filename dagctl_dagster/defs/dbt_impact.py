@@ -24,7 +24,7 @@ from typing import Any
 
 from dagster import MetadataValue, TableColumn, TableRecord, TableSchema, get_dagster_logger
 
-from ..adapters.dbt_manifest import MANIFEST, DbtParseCache, read_dbt_graph
+from ..adapters.dbt_manifest import MANIFEST, DbtParseCache, read_parsed_graph
 from ..core.config import EnvironmentConfig, ProjectConfig
 from ..core.dbt_changes import DbtScope, Scope, build_dbt_commands
 from ..core.dbt_impact import (
@@ -165,7 +165,7 @@ def _parse(runtime: PlanRuntime, project: ProjectConfig, env: EnvironmentConfig,
         if result.get("outcome") != "parsed":
             return result, None
         get_dagster_logger("dagctl").info(render_parse_line(spec.target_commit, seeded, result))
-        graph = read_dbt_graph(target_path / MANIFEST)
+        graph = read_parsed_graph(target_path)
         cache.store(spec.target_commit, target_path, target=env.dbt_target)
         return result, graph
     finally:
