@@ -6,7 +6,14 @@ snapshot, runs `python -m dagctl_dagster.runner.dbt_parse` in it as a guarded pr
 exactly the environment's declared one (like `execute`), and resolves the plan's selection on the manifest
 (`core.dbt_impact`). The impact is part of the sealed spec: the fingerprint covers the resolved nodes, and
 `execute` re-parses and re-resolves them (through the same `detect`), so `gate` refuses a plan whose nodes
-differ from the approved ones.
+differ from the approved ones. That re-parse starts from the partial-parse file the explain parse kept for
+the same commit, so dbt finds nothing changed (unless someone changed the snapshot): the log says so
+("dbt parse of <commit>: partial (from the partial-parse file of this commit; 0 file(s) changed)").
+
+dbt's state comparison with the deployed commit's manifest (pinned per plan) narrows two kinds of plans:
+macro changes (`core.dbt_impact.build_state_scope`) and selected YAMLs whose only change is in their data
+tests (`core.dbt_test_changes`: exactly the tests added or edited run; without the deployed manifest, the
+YAML diff read from Git and the target's test nodes decide).
 
 The parse never connects to the warehouse. On the Kubernetes backend it runs as a local process in the run
 worker too (the code location's image has dbt and the adapter; a parse pod would cost an image pull and a
