@@ -136,7 +136,7 @@ def read_test_yaml_changes(runtime: PlanRuntime, project: ProjectConfig, spec: P
         try:
             found = get_yaml_test_change(change.path, mirror.read_file(spec.base_commit, path),
                                          mirror.read_file(spec.target_commit, path))
-        except DagctlGitError:  # not UTF-8: dbt reads it as nobody can review it; today's rule
+        except DagctlGitError:  # not UTF-8 text: that file keeps its path: rule
             continue
         if found is not None:
             changes[change.path] = found
@@ -182,7 +182,8 @@ def _parse(runtime: PlanRuntime, project: ProjectConfig, env: EnvironmentConfig,
 def build_dbt_impact(runtime: PlanRuntime, project: ProjectConfig, env: EnvironmentConfig,
                      spec: PlanSpec) -> tuple[DbtScope, DbtImpact]:
     """dbt's parse of the plan's target commit, resolved against the plan's scope; the scope is narrowed
-    by dbt's state comparison when macros changed and the deployed commit's manifest is kept."""
+    by dbt's state comparison when macros changed and the deployed commit's manifest is kept, and to the
+    tests a YAML adds or edits when data tests are all that changed in it."""
     scope = spec.dbt_scope
     assert scope is not None, "a dbt plan always has a scope"
     has_base = spec.base_commit is not None and runtime.mirror(project).has_commit(spec.base_commit)
