@@ -167,3 +167,16 @@ def test_only_modified_selected_yamls_are_candidates():
     assert not is_test_yaml_candidate(build_file_change(SCHEMA, "modified"), scope)
     files, scope = selective(SCHEMA)
     assert not is_test_yaml_candidate(build_file_change(SCHEMA, "added"), scope)
+
+
+def test_a_singular_test_file_selects_that_test_only():
+    # Already so with the path: rule (`dbt ls --select path:tests/assert_positive_order_amount.sql` on the
+    # example project lists only that test): the test runs, not the model it reads.
+    _, scope = selective("tests/assert_positive.sql")
+    graph = DbtGraph(nodes={n.unique_id: n for n in (
+        DbtGraphNode(unique_id="model.p.orders", resource_type="model", name="orders", path="models/orders.sql"),
+        DbtGraphNode(unique_id="test.p.assert_positive", resource_type="test", name="assert_positive",
+                     path="tests/assert_positive.sql", parents=("model.p.orders",)),
+    )})
+    assert scope.selection == ("path:tests/assert_positive.sql",)
+    assert resolve_path_selection(graph, scope.selection)[0] == {"test.p.assert_positive"}
