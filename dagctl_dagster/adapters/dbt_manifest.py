@@ -15,6 +15,7 @@ from pathlib import Path
 from ..core.dbt_impact import DbtGraph, DbtGraphNode
 
 MANIFEST = "manifest.json"
+GRAPH_FILE = "dagctl_graph.json"  # runner.dbt_parse.GRAPH_FILE (the runner imports nothing of ours)
 PARTIAL_PARSE = "partial_parse.msgpack"
 TARGET_FILE = "dbt_target"
 # Sections of the manifest whose entries are graph nodes.
@@ -37,7 +38,25 @@ def read_dbt_graph(manifest_path: Path) -> DbtGraph:
             nodes[unique_id] = DbtGraphNode.model_construct(
                 unique_id=unique_id, resource_type=node.get("resource_type", section.rstrip("s")),
                 name=node.get("name", unique_id), path=node.get("original_file_path") or "",
-                patch_path=node.get("patch_path"), fqn=tuple(node.get("fqn") or ()), parents=tuple(sorted(set(parents))))
+                patch_path=node.get("patch_path"), fqn=tuple(node.get("fqn") or ()),
+                parents=tuple(sorted(set(parents))), test_name=(node.get("test_metadata") or {}).get("name"),
+                column_name=node.get("column_name"), file_key_name=node.get("file_key_name"))
+    return DbtGraph.model_construct(nodes=nodes)
+
+
+def read_parsed_graph(target_path: Path) -> DbtGraph:
+    """The graph of a parse step's target path: the compact graph the step wrote from dbt's in-memory
+    manifest (`runner.dbt_parse.GRAPH_FILE`), else dbt's `manifest.json`."""
+    graph_file = target_path / GRAPH_FILE
+    if not graph_file.exists():
+        return read_dbt_graph(target_path / MANIFEST)
+    document = json.loads(graph_file.read_text())
+    fields = document["fields"]
+    nodes = {}
+    for row in document["rows"]:
+        values = dict(zip(fields, row, strict=True))
+        values["fqn"], values["parents"] = tuple(values["fqn"]), tuple(values["parents"])
+        nodes[values["unique_id"]] = DbtGraphNode.model_construct(**values)
     return DbtGraph.model_construct(nodes=nodes)
 
 
@@ -53,8 +72,8 @@ class DbtParseCache:
 
     Example:
         cache = DbtParseCache(storage_dir / "dbt_parse" / "jaffle")
-        cache.seed(target_path)            # newest partial-parse file, before dbt parses
-        cache.store(commit, target_path)   # after a successful parse
+        cache.seed(target_path, commit=c)  # c's own or the newest partial-parse file, before dbt parses
+        cache.store(c, target_path)        # after a successful parse
     """
 
     def __init__(self, folder: Path, *, keep: int = 3):
@@ -72,17 +91,20 @@ class DbtParseCache:
         path = self.folder / commit / MANIFEST
         return path if path.exists() else None
 
-    def seed(self, target_path: Path, *, target: str = "") -> bool:
-        """Copies the newest kept partial-parse file into `target_path`, one parsed for the same dbt
-        `target` first (dbt parses from scratch when the profile differs); returns whether there was one."""
+    def seed(self, target_path: Path, *, target: str = "", commit: str = "") -> str | None:
+        """Copies a kept partial-parse file into `target_path` before dbt parses: `commit`'s own when it is
+        kept (dbt then finds nothing changed: the re-parse at execute), else the newest one parsed for the
+        same dbt `target` (dbt parses from scratch when the profile differs), else the newest; returns the
+        commit it came from, or `None` when none is kept."""
         entries = self._entries()
-        same = [entry for entry in entries if _read_target(entry) == target]
-        for entry in [*same, *(entry for entry in entries if entry not in same)]:
+        own = [entry for entry in entries if entry.name == commit and _read_target(entry) == target]
+        same = [entry for entry in entries if _read_target(entry) == target and entry not in own]
+        for entry in [*own, *same, *(entry for entry in entries if entry not in own and entry not in same)]:
             if (entry / PARTIAL_PARSE).exists():
                 target_path.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(entry / PARTIAL_PARSE, target_path / PARTIAL_PARSE)
-                return True
-        return False
+                return entry.name
+        return None
 
     def store(self, commit: str, target_path: Path, *, target: str = "") -> None:
         """Keeps the manifest and partial-parse file dbt wrote to `target_path` (parsing for dbt `target`)

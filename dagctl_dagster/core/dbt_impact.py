@@ -15,6 +15,7 @@ everything here is pure.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 from collections import deque
@@ -67,6 +68,9 @@ class DbtGraphNode(BaseModel):
     patch_path: str | None = Field(default=None, description="The YAML file that describes it, if any.")
     fqn: tuple[str, ...] = Field(default=(), description="dbt's fully qualified name (package, folders, name).")
     parents: tuple[str, ...] = ()
+    test_name: str | None = Field(default=None, description="A generic test's test (test_metadata.name).")
+    column_name: str | None = Field(default=None, description="The column a generic test is attached to.")
+    file_key_name: str | None = Field(default=None, description="A generic test's YAML entry: 'models.orders'.")
 
 
 class DbtGraph(BaseModel):
@@ -175,7 +179,29 @@ def build_fqn_selector(fqn: Sequence[str]) -> str:
     return "fqn:" + ".".join(fqn)
 
 
-def _match_criterion(graph: DbtGraph, criterion: str) -> tuple[set[str], bool]:
+class _PathIndex:
+    """dbt's `path:` method over a graph, indexed once: the node's file, its YAML patch file, or a folder
+    above its file."""
+
+    def __init__(self, graph: DbtGraph):
+        self.by_file: dict[str, set[str]] = {}
+        for uid, node in graph.nodes.items():
+            self.by_file.setdefault(node.path, set()).add(uid)
+            if node.patch_path:
+                self.by_file.setdefault(node.patch_path.split("://", 1)[-1], set()).add(uid)
+        self.paths = sorted((node.path, uid) for uid, node in graph.nodes.items())
+
+    def match(self, path: str) -> set[str]:
+        matched = set(self.by_file.get(path, ()))
+        folder = path.rstrip("/") + "/"
+        for index in range(bisect.bisect_left(self.paths, (folder, "")), len(self.paths)):
+            if not self.paths[index][0].startswith(folder):
+                break
+            matched.add(self.paths[index][1])
+        return matched
+
+
+def _match_criterion(graph: DbtGraph, index: _PathIndex, criterion: str) -> tuple[set[str], bool]:
     """The nodes one criterion of ours (`path:` or `fqn:`) names, and whether it ends with `+`."""
     if criterion.startswith("fqn:"):
         value = criterion[len("fqn:"):]
@@ -183,14 +209,7 @@ def _match_criterion(graph: DbtGraph, criterion: str) -> tuple[set[str], bool]:
         matched = {uid for uid, node in graph.nodes.items() if node.fqn[:len(parts)] == parts}
         return matched, value.endswith("+")
     path, downstream = unescape_path_selector(criterion)
-    return {uid for uid, node in graph.nodes.items() if _matches_path(node, path)}, downstream
-
-
-def _matches_path(node: DbtGraphNode, path: str) -> bool:
-    """dbt's `path:` method: the node's file, its YAML patch file, or a folder above its file."""
-    if node.path == path or node.path.startswith(path.rstrip("/") + "/"):
-        return True
-    return bool(node.patch_path) and node.patch_path.split("://", 1)[-1] == path
+    return index.match(path), downstream
 
 
 def _descendants(start: Iterable[str], children: dict[str, list[str]]) -> dict[str, int]:
@@ -213,10 +232,11 @@ def resolve_path_selection(graph: DbtGraph, selection: Sequence[str]) -> tuple[s
     changed ones among them (before `+` and indirect test selection). Criteria are ours: `path:` (see
     `dbt_changes.build_path_selector`) or `fqn:` (`build_fqn_selector`)."""
     children = graph.children()
+    index = _PathIndex(graph)
     direct: set[str] = set()
     selected: set[str] = set()
     for criterion in selection:
-        matched, downstream = _match_criterion(graph, criterion)
+        matched, downstream = _match_criterion(graph, index, criterion)
         direct |= matched
         selected |= matched
         if downstream:

@@ -6,7 +6,14 @@ snapshot, runs `python -m dagctl_dagster.runner.dbt_parse` in it as a guarded pr
 exactly the environment's declared one (like `execute`), and resolves the plan's selection on the manifest
 (`core.dbt_impact`). The impact is part of the sealed spec: the fingerprint covers the resolved nodes, and
 `execute` re-parses and re-resolves them (through the same `detect`), so `gate` refuses a plan whose nodes
-differ from the approved ones.
+differ from the approved ones. That re-parse starts from the partial-parse file the explain parse kept for
+the same commit, so dbt finds nothing changed (unless someone changed the snapshot): the log says so
+("dbt parse of <commit>: partial (from the partial-parse file of this commit; 0 file(s) changed)").
+
+dbt's state comparison with the deployed commit's manifest (pinned per plan) narrows two kinds of plans:
+macro changes (`core.dbt_impact.build_state_scope`) and selected YAMLs whose only change is in their data
+tests (`core.dbt_test_changes`: exactly the tests added or edited run; without the deployed manifest, the
+YAML diff read from Git and the target's test nodes decide).
 
 The parse never connects to the warehouse. On the Kubernetes backend it is a pod like `execute`'s
 (`kubernetes_steps.parse_dbt_in_pod`): the step's declared secrets exist only there, and only the runner
@@ -24,7 +31,7 @@ from typing import Any
 
 from dagster import MetadataValue, TableColumn, TableRecord, TableSchema, get_dagster_logger
 
-from ..adapters.dbt_manifest import MANIFEST, DbtParseCache, read_dbt_graph
+from ..adapters.dbt_manifest import MANIFEST, DbtParseCache, read_parsed_graph
 from ..core.config import EnvironmentConfig, KubernetesBackendConfig, ProjectConfig
 from ..core.dbt_changes import DbtScope, Scope, build_dbt_commands
 from ..core.dbt_impact import (
@@ -39,12 +46,21 @@ from ..core.dbt_impact import (
     is_state_comparable,
     render_impact_line,
 )
-from ..core.errors import DagctlStepError
+from ..core.dbt_test_changes import (
+    YamlTestChange,
+    build_test_yaml_scope,
+    get_yaml_test_change,
+    is_test_yaml_candidate,
+)
+from ..core.errors import DagctlGitError, DagctlStepError
 from ..core.plan import PlanSpec, seal_plan
 from ..core.steps import StepSpec
 from ..runner.dbt_parse import escape_undecodable
 from .local_backend import build_local_step_env, stream_command_step
 from .runtime import PlanRuntime
+
+# A plan with more selected YAML files than this keeps dbt's `path:` rule for them (two Git reads each).
+MAX_TEST_YAMLS = 20
 
 
 def requires_parse(spec: PlanSpec) -> bool:
@@ -92,17 +108,51 @@ def pin_base_manifest(runtime: PlanRuntime, project: ProjectConfig, spec: PlanSp
     """The folder holding the deployed commit's manifest for this plan's state comparison, or `None`.
 
     Pinned per plan (`storage_dir/dbt_state/<project>/<plan id>/manifest.json`) when the plan is explained,
-    so the re-resolution at execute compares with the same bytes, whatever the parse cache kept since.
+    so the re-resolution at execute compares with the same bytes, whatever the parse cache kept since. When
+    no manifest was kept at explain, the empty folder pins that too: a manifest of the deployed commit kept
+    later (another environment's plan parsed it) never changes the scope of an approved plan at execute.
     """
     pinned = runtime.storage_dir / "dbt_state" / project.name / spec.plan_id
-    if (pinned / MANIFEST).exists():
-        return pinned
+    if pinned.is_dir():
+        return pinned if (pinned / MANIFEST).exists() else None
     base = DbtParseCache(runtime.storage_dir / "dbt_parse" / project.name).manifest_of(spec.base_commit or "-")
+    pinned.mkdir(parents=True, exist_ok=True)
     if base is None:
         return None
-    pinned.mkdir(parents=True, exist_ok=True)
     shutil.copy2(base, pinned / MANIFEST)
     return pinned
+
+
+def read_test_yaml_changes(runtime: PlanRuntime, project: ProjectConfig, spec: PlanSpec
+                           ) -> dict[str, YamlTestChange]:
+    """The selected YAMLs of the plan whose only change is in their data tests, read from Git at the
+    deployed and the target commit (at most `MAX_TEST_YAMLS`: beyond, each keeps its `path:` rule)."""
+    scope = spec.dbt_scope
+    candidates = [change for change in spec.files if scope is not None and is_test_yaml_candidate(change, scope)]
+    if not candidates or len(candidates) > MAX_TEST_YAMLS or spec.base_commit is None:
+        return {}
+    mirror = runtime.mirror(project)
+    changes: dict[str, YamlTestChange] = {}
+    for change in candidates:
+        path = f"{project.subdirectory}/{change.path}" if project.subdirectory else change.path
+        try:
+            found = get_yaml_test_change(change.path, mirror.read_file(spec.base_commit, path),
+                                         mirror.read_file(spec.target_commit, path))
+        except DagctlGitError:  # not UTF-8 text: that file keeps its path: rule
+            continue
+        if found is not None:
+            changes[change.path] = found
+    return changes
+
+
+def render_parse_line(commit: str, seeded: str | None, result: dict[str, Any]) -> str:
+    """The log line of a parse. Example: "dbt parse of 3f2a9c1d0b4e: partial (from the partial-parse file
+    of this commit; 0 file(s) changed), 2.1s"."""
+    source = ("this commit" if seeded == commit else f"commit {seeded[:12]}") if seeded else None
+    how = f"from the partial-parse file of {source}" if source else "no partial-parse file kept"
+    if result.get("files_changed") is not None:
+        how += f"; {result['files_changed']} file(s) changed"
+    return f"dbt parse of {commit[:12]}: {result['mode']} ({how}), {result['seconds']:.1f}s"
 
 
 def _parse(runtime: PlanRuntime, project: ProjectConfig, env: EnvironmentConfig, spec: PlanSpec,
@@ -124,13 +174,14 @@ def _parse(runtime: PlanRuntime, project: ProjectConfig, env: EnvironmentConfig,
     folder = Path(tempfile.mkdtemp(prefix=f"{spec.plan_id}-", dir=work))
     try:
         target_path = folder / "target"
-        cache.seed(target_path, target=env.dbt_target)
+        seeded = cache.seed(target_path, target=env.dbt_target, commit=spec.target_commit)
         output = folder / "result.json"
         step = build_dbt_parse_step(runtime, project, env, snapshot, target_path, output, state=state)
         result = run_dbt_parse(step, output, work_dir=folder / "step")
         if result.get("outcome") != "parsed":
             return result, None
-        graph = read_dbt_graph(target_path / MANIFEST)
+        get_dagster_logger("dagctl").info(render_parse_line(spec.target_commit, seeded, result))
+        graph = read_parsed_graph(target_path)
         cache.store(spec.target_commit, target_path, target=env.dbt_target)
         return result, graph
     finally:
@@ -140,12 +191,14 @@ def _parse(runtime: PlanRuntime, project: ProjectConfig, env: EnvironmentConfig,
 def build_dbt_impact(runtime: PlanRuntime, project: ProjectConfig, env: EnvironmentConfig,
                      spec: PlanSpec) -> tuple[DbtScope, DbtImpact]:
     """dbt's parse of the plan's target commit, resolved against the plan's scope; the scope is narrowed
-    by dbt's state comparison when macros changed and the deployed commit's manifest is kept."""
+    by dbt's state comparison when macros changed and the deployed commit's manifest is kept, and to the
+    tests a YAML adds or edits when data tests are all that changed in it."""
     scope = spec.dbt_scope
     assert scope is not None, "a dbt plan always has a scope"
-    comparable = spec.base_commit is not None and is_state_comparable(
-        spec.files, scope, has_base_manifest=True) and runtime.mirror(project).has_commit(spec.base_commit)
-    state = pin_base_manifest(runtime, project, spec) if comparable else None
+    has_base = spec.base_commit is not None and runtime.mirror(project).has_commit(spec.base_commit)
+    test_yamls = read_test_yaml_changes(runtime, project, spec) if has_base else {}
+    comparable = has_base and is_state_comparable(spec.files, scope, has_base_manifest=True)
+    state = pin_base_manifest(runtime, project, spec) if comparable or test_yamls else None
     if comparable and state is None:
         scope = scope.model_copy(update={"reason": f"{scope.reason} (dbt's state comparison cannot narrow it: "
                                           f"no manifest of the deployed commit {spec.base_commit[:12]} is kept)"})
@@ -158,8 +211,12 @@ def build_dbt_impact(runtime: PlanRuntime, project: ProjectConfig, env: Environm
                                 reason=result.get("message", "dbt did not parse"))
     base_hash = None
     if state is not None and "modified" in result:
-        scope = build_state_scope(scope, result["modified"], graph, base_commit=spec.base_commit or "")
         base_hash = hashlib.sha256((state / MANIFEST).read_bytes()).hexdigest()
+        if comparable:
+            scope = build_state_scope(scope, result["modified"], graph, base_commit=spec.base_commit or "")
+    if test_yamls:
+        scope = build_test_yaml_scope(scope, test_yamls, graph, modified=result.get("modified"),
+                                      base_commit=spec.base_commit or "")
     parse = DbtParseInfo(mode=ParseMode(result["mode"]), seconds=result["seconds"])
     if scope.scope is Scope.SELECTIVE:
         impact = build_selective_impact(graph, scope.selection, parse=parse,

@@ -13,11 +13,13 @@ the hash of `package-lock.yml` (or of the packages file when there is no lock), 
 packages reuses it.
 
 The result is written to FILE as JSON: `{"outcome": "parsed", "mode": "cold"|"partial", "seconds": S}`
-(with `--state`, also `"modified": [fqn, ...]`: what `dbt ls --select state:modified --state DIR` lists), or
+(a partial parse also says `"files_changed": N`, the files dbt found added, changed or deleted; with
+`--state`, also `"modified": [fqn, ...]`: what `dbt ls --select state:modified --state DIR` lists), or
 `{"outcome": "project_error" | "environment_error", "message": "..."}`. A project error is the project's
 fault (a missing ref, broken YAML or Jinja): the plan fails. An environment error is the fault of where the
 parse ran (the adapter is not installed, a variable the profile or project reads is not set): the plan is
-explained from Git, without its impact. Exit code 0 when a result was written.
+explained from Git, without its impact. Exit code 0 when a result was written. Next to dbt's manifest, the
+graph the impact needs is written to `dagctl_graph.json` from dbt's in-memory manifest.
 """
 
 from __future__ import annotations
@@ -32,6 +34,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 EXECUTABLE_TYPES = ("model", "seed", "snapshot", "test", "unit_test")
+# The graph of the parse, read from dbt's in-memory manifest: what the plan's impact needs, without the
+# run worker reading the whole manifest.json back (`adapters.dbt_manifest.read_parsed_graph`).
+GRAPH_FILE = "dagctl_graph.json"
+GRAPH_SECTIONS = ("nodes", "sources", "exposures", "metrics", "semantic_models", "saved_queries", "unit_tests")
+GRAPH_FIELDS = ("unique_id", "resource_type", "name", "path", "patch_path", "fqn", "parents", "test_name",
+                "column_name", "file_key_name")
 PACKAGE_FILES = ("package-lock.yml", "packages.yml", "dependencies.yml")
 
 
@@ -107,14 +115,38 @@ def _install_packages(runner, project_dir: Path, cache: Path | None, target: str
     return None
 
 
+def write_graph(manifest, path: Path) -> None:
+    """Writes the graph of dbt's in-memory `Manifest` (enabled nodes, their parents: dbt's `parent_map`)
+    as rows of `GRAPH_FIELDS`."""
+    rows = []
+    for section in GRAPH_SECTIONS:
+        for unique_id, node in (getattr(manifest, section, None) or {}).items():
+            depends_on = getattr(node, "depends_on", None)
+            metadata = getattr(node, "test_metadata", None)
+            kind = node.resource_type
+            rows.append([unique_id, getattr(kind, "value", kind), node.name, node.original_file_path or "",
+                         getattr(node, "patch_path", None), list(node.fqn or ()),
+                         sorted(set(getattr(depends_on, "nodes", None) or ())),
+                         getattr(metadata, "name", None), getattr(node, "column_name", None),
+                         getattr(node, "file_key_name", None)])
+    path.write_text(json.dumps({"fields": GRAPH_FIELDS, "rows": rows}))
+
+
 def parse_project(project_dir: Path, target_path: Path, target: str, packages_cache: Path | None,
                   state: Path | None = None) -> dict[str, object]:
     """Runs `dbt deps` (if needed) and `dbt parse`, then with `state` dbt's `ls --select state:modified`
     against the manifest in that folder; returns the result (see the module docstring)."""
     from dbt.cli.main import dbtRunner
 
-    events: list[str] = []
-    runner = dbtRunner(callbacks=[lambda event: events.append(event.info.name)])
+    partial: list[int] = []  # files dbt found changed since the partial-parse file, when it used one
+
+    def on_event(event) -> None:
+        if event.info.name == "PartialParsingEnabled":
+            partial.append(event.data.added + event.data.changed + event.data.deleted)
+        elif event.info.name == "UnableToPartialParse":  # before, or after an error: dbt parses everything
+            partial.clear()
+
+    runner = dbtRunner(callbacks=[on_event])
     started = time.monotonic()
     error = _install_packages(runner, project_dir, packages_cache, target)
     if error is not None:
@@ -123,14 +155,18 @@ def parse_project(project_dir: Path, target_path: Path, target: str, packages_ca
                             "--target", target, "--quiet"])
     if not result.success:
         return {"outcome": _classify(result.exception), "message": _message(result.exception)}
-    mode = "partial" if "PartialParsingEnabled" in events else "cold"
-    parsed: dict[str, object] = {"outcome": "parsed", "mode": mode,
+    write_graph(result.result, target_path / GRAPH_FILE)
+    parsed: dict[str, object] = {"outcome": "parsed", "mode": "partial" if partial else "cold",
                                  "seconds": round(time.monotonic() - started, 3)}
+    if partial:
+        parsed["files_changed"] = partial[-1]
     if state is not None:
-        listed = runner.invoke([
+        # On the manifest just parsed (no second parse); the listed nodes come back as the result, printed
+        # nowhere (the step's log would otherwise hold one line per modified node).
+        listed = dbtRunner(manifest=result.result).invoke([
             "ls", "--project-dir", str(project_dir), "--target-path", str(target_path), "--target", target,
             "--state", str(state), "--select", "state:modified", "--resource-types", *EXECUTABLE_TYPES,
-            "--output", "json", "--output-keys", "fqn", "--quiet"])
+            "--output", "json", "--output-keys", "fqn", "--log-level", "none"])
         if not listed.success:
             return {"outcome": "environment_error",
                     "message": f"dbt's state comparison failed: {_message(listed.exception)}"}

@@ -5,12 +5,12 @@
 
 The same options as `runner.dbt_parse` (which does the parsing, unchanged). With `--cache-dir` (the
 backend's `parse_cache_claim`), the project's parse state is kept there as `adapters.dbt_manifest.
-DbtParseCache` keeps it locally (the newest partial-parse file seeds this parse, this commit's is stored
-after it) and dbt packages under `dbt_packages/`. The pod has no file the run worker can read, so what the
+DbtParseCache` keeps it locally (this commit's own partial-parse file, else the newest, seeds this parse;
+this commit's is stored after it) and dbt packages under `dbt_packages/`. The pod has no file the run worker can read, so what the
 plan needs comes back as dagster-pipes custom messages in the pod's log:
 
 - `{"dagctl": "dbt_graph", "index": i, "data": "..."}`: the compact graph (`core.dbt_impact.DbtGraph`, what
-  `adapters.dbt_manifest.read_dbt_graph` reads from the manifest), as JSON rows, zlib-compressed,
+  `adapters.dbt_manifest.read_parsed_graph` reads after a parse), as JSON rows, zlib-compressed,
   base64-encoded and cut into chunks of `CHUNK_CHARS`;
 - then `{"dagctl": "dbt_parse", "result": {...}, "graph": {"chunks": n, "sha256": "..."} | null}`: the
   parse result (`outcome`, `mode`, `seconds`, `modified`, `message`, as `runner.dbt_parse` writes it) and
@@ -107,7 +107,7 @@ def _keep_going(action: Any, pipes: Any, what: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     from dagster_pipes import open_dagster_pipes
 
-    from ..adapters.dbt_manifest import MANIFEST, DbtParseCache, read_dbt_graph
+    from ..adapters.dbt_manifest import DbtParseCache, read_parsed_graph
     from . import dbt_parse
 
     parser = argparse.ArgumentParser(prog="python -m dagctl_dagster.runner.dbt_parse_pod", add_help=False,
@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         known.output.parent.mkdir(parents=True, exist_ok=True)
         if cache is not None:
             parse_argv += ["--packages-cache", str(known.cache_dir / "dbt_packages")]
-            _keep_going(lambda: cache.seed(known.target_path, target=known.target), pipes, "read")
+            _keep_going(lambda: cache.seed(known.target_path, target=known.target, commit=known.commit), pipes, "read")
         dbt_parse.main(parse_argv)
         if known.output.exists():
             result = json.loads(known.output.read_text())
@@ -133,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = {"outcome": "environment_error", "message": "dbt's parse wrote no result"}
         graph = None
         if result.get("outcome") == "parsed":
-            graph = read_dbt_graph(known.target_path / MANIFEST)
+            graph = read_parsed_graph(known.target_path)
             if cache is not None:
                 _keep_going(lambda: cache.store(known.commit, known.target_path, target=known.target), pipes,
                             "write")

@@ -18,7 +18,7 @@ from dagster import AssetKey
 from fixtures.git_repos import DBT_PROFILES
 
 from dagctl_dagster.adapters.dbt_manifest import read_dbt_graph
-from dagctl_dagster.core.dbt_impact import ImpactStatus, ParseMode, resolve_path_selection
+from dagctl_dagster.core.dbt_impact import ImpactStatus, ParseMode, render_impact_line, resolve_path_selection
 from dagctl_dagster.core.lifecycle import PlanStatus
 from dagctl_dagster.core.plan import build_plan_id
 from dagctl_dagster.defs.local_backend import dbt_executable
@@ -111,8 +111,11 @@ def test_execute_refuses_when_the_resolved_nodes_differ_from_the_approved_ones(d
     result = deployed.execute_approved(plan_id)
     assert failed_step(result) == "gate"
     assert "differs from the approved fingerprint" in failure_message(result)
-    assert ("dbt resolves other nodes than were approved: downstream now also model.jaffle.orders_by_status"
-            in log_messages(deployed, result))
+    logs = log_messages(deployed, result)
+    # The re-parse starts from the plan's own partial-parse file and sees the hand-added file.
+    assert (f"dbt parse of {commit[:12]}: partial (from the partial-parse file of this commit; 1 file(s) "
+            "changed)") in logs
+    assert "dbt resolves other nodes than were approved: downstream now also model.jaffle.orders_by_status" in logs
     assert not {"build", "execute"} & set(started_steps(result))
     assert deployed.state(plan_id).status is PlanStatus.REJECTED
 
@@ -168,3 +171,80 @@ def test_macro_change_without_the_deployed_manifest_is_a_full_build(deployed):
     assert state.spec.dbt_scope.scope == "all"
     assert "no manifest of the deployed commit" in state.spec.dbt_scope.reason
     assert state.spec.dbt_impact.counts == {"model": 4, "seed": 2, "test": 17}
+
+
+STAGING_SCHEMA = "models/staging/schema.yml"
+NOT_NULL_STATUS = "test.jaffle.not_null_stg_orders_status.2b01eecbd6"
+
+
+def add_not_null_to_status(deployed) -> str:
+    text = deployed.repo.read(STAGING_SCHEMA).replace(
+        "      - name: status\n        data_tests:\n",
+        "      - name: status\n        data_tests:\n          - not_null\n")
+    return deployed.commit_change(STAGING_SCHEMA, text)
+
+
+def test_yaml_only_test_change_selects_that_test_by_dbt_state_comparison_and_executes_it(
+        deployed, deployed_template, tmp_path, monkeypatch):
+    monkeypatch.setenv("DAGCTL_WAREHOUSE_DIR", str(deployed_template.root / "warehouse"))
+    commit = add_not_null_to_status(deployed)
+    state = deployed.explain()
+    scope, impact = state.spec.dbt_scope, state.spec.dbt_impact
+    assert (scope.scope, scope.selection) == ("selective", ("fqn:jaffle.staging.not_null_stg_orders_status",))
+    assert scope.reason == (
+        f"only data tests changed in {STAGING_SCHEMA}; by dbt's state comparison (state:modified) with the "
+        f"manifest of the deployed commit {state.spec.base_commit[:12]}, the 1 added or edited test(s) run")
+    assert state.spec.commands[0][-2:] == ("--select", "fqn:jaffle.staging.not_null_stg_orders_status")
+    assert [n.unique_id for n in impact.selected] == [NOT_NULL_STATUS]
+    assert impact.base_manifest_hash and impact.downstream == ()
+    assert render_impact_line(impact) == "runs 1 test; nothing downstream is left out"
+
+    # Execute re-parses the pinned commit from its own partial-parse file: dbt finds nothing changed.
+    deployed.approve(state.plan_id, "alice")
+    result = deployed.execute_approved(state.plan_id)
+    assert result.success, failure_message(result)
+    assert (f"dbt parse of {commit[:12]}: partial (from the partial-parse file of this commit; 0 file(s) "
+            "changed)") in log_messages(deployed, result)
+
+    # The resolved selection is what dbt itself lists for the same arguments.
+    snapshot = deployed.runtime.snapshot_dir(deployed.runtime.deployment.get_project(PROJECT), commit)
+    assert dbt_ls(snapshot, list(scope.selection), tmp_path / "ls") == {NOT_NULL_STATUS}
+
+
+def test_yaml_only_test_change_without_the_deployed_manifest_is_decided_from_the_yaml_diff(deployed):
+    shutil.rmtree(deployed.storage_dir / "dbt_parse" / PROJECT)
+    add_not_null_to_status(deployed)
+    state = deployed.explain()
+    scope = state.spec.dbt_scope
+    assert (scope.scope, scope.selection) == ("selective", ("fqn:jaffle.staging.not_null_stg_orders_status",))
+    assert scope.reason == (f"only data tests changed in {STAGING_SCHEMA}; by the YAML diff and the target's "
+                            "test nodes, the 1 added or edited test(s) run")
+    assert [n.unique_id for n in state.spec.dbt_impact.selected] == [NOT_NULL_STATUS]
+    assert state.spec.dbt_impact.base_manifest_hash is None
+
+
+def test_test_edited_with_a_model_description_keeps_the_path_rule(deployed):
+    text = (deployed.repo.read(STAGING_SCHEMA)
+            .replace('"completed", "returned"]', '"completed", "returned", "pending"]')
+            .replace("One row per order, renamed", "One row per order (any status), renamed"))
+    deployed.commit_change(STAGING_SCHEMA, text)
+    state = deployed.explain()
+    scope = state.spec.dbt_scope
+    assert (scope.scope, scope.selection) == ("selective", ("path:models/staging/schema.yml",))
+    assert scope.reason.startswith("only models, tests, seeds or snapshots changed")
+    # dbt's path: rule: the models the YAML describes and, by eager indirect selection, all their tests.
+    assert state.spec.dbt_impact.counts == {"model": 2, "test": 7}
+
+
+def test_removed_test_plans_nothing_to_run_and_says_so(deployed):
+    text = deployed.repo.read(STAGING_SCHEMA).replace("          - not_null\n          - unique\n",
+                                                      "          - not_null\n", 1)
+    deployed.commit_change(STAGING_SCHEMA, text)
+    state = deployed.explain()
+    scope = state.spec.dbt_scope
+    assert (scope.scope, scope.selection, state.spec.commands) == ("build_only", (), ())
+    assert scope.reason == (
+        f"only data tests changed in {STAGING_SCHEMA}; by dbt's state comparison (state:modified) with the "
+        f"manifest of the deployed commit {state.spec.base_commit[:12]}, the 0 added or edited test(s) run; "
+        "1 removed test(s) run nothing: no dbt command runs, the image is rebuilt")
+    assert scope.reason in deployed.summary(state.plan_id)

@@ -1,0 +1,30 @@
+"""The parse cache seeds a parse with the plan's own commit's partial-parse file first (execute's re-parse)."""
+
+from __future__ import annotations
+
+import os
+
+from dagctl_dagster.adapters.dbt_manifest import MANIFEST, PARTIAL_PARSE, DbtParseCache
+
+
+def store(cache: DbtParseCache, tmp_path, commit: str, *, target: str, mtime: int) -> None:
+    parsed = tmp_path / f"parsed-{commit}"
+    parsed.mkdir()
+    (parsed / MANIFEST).write_text("{}")
+    (parsed / PARTIAL_PARSE).write_text(commit)
+    cache.store(commit, parsed, target=target)
+    os.utime(cache.folder / commit / MANIFEST, ns=(mtime, mtime))
+
+
+def test_seed_prefers_the_commits_own_file_then_the_newest_of_the_same_target(tmp_path):
+    cache = DbtParseCache(tmp_path / "cache")
+    store(cache, tmp_path, "a" * 40, target="prod", mtime=1)
+    store(cache, tmp_path, "b" * 40, target="prod", mtime=2)
+    store(cache, tmp_path, "c" * 40, target="dev", mtime=3)
+
+    assert cache.seed(tmp_path / "t1", target="prod", commit="a" * 40) == "a" * 40
+    assert (tmp_path / "t1" / PARTIAL_PARSE).read_text() == "a" * 40
+    assert cache.seed(tmp_path / "t2", target="prod", commit="d" * 40) == "b" * 40
+    # Another target's file for the same commit is not its own (dbt would parse from scratch).
+    assert cache.seed(tmp_path / "t3", target="prod", commit="c" * 40) == "b" * 40
+    assert DbtParseCache(tmp_path / "empty").seed(tmp_path / "t4", target="prod", commit="a" * 40) is None
