@@ -38,10 +38,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from .dbt_parse import GRAPH_FIELDS as _ROW  # the graph file's columns: one list for both transports
+
 CHUNK_CHARS = 3500
 GRAPH_MESSAGE = "dbt_graph"
 RESULT_MESSAGE = "dbt_parse"
-_ROW = ("unique_id", "resource_type", "name", "path", "patch_path", "fqn", "parents")
 
 
 def build_parse_messages(result: dict[str, Any], graph: Any | None) -> Iterator[dict[str, Any]]:
