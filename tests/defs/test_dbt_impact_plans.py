@@ -173,6 +173,23 @@ def test_macro_change_without_the_deployed_manifest_is_a_full_build(deployed):
     assert state.spec.dbt_impact.counts == {"model": 4, "seed": 2, "test": 17}
 
 
+def test_a_deployed_manifest_kept_only_after_explain_leaves_the_approved_scope_alone(deployed):
+    cache = deployed.storage_dir / "dbt_parse" / PROJECT
+    saved = deployed.root / "parse_cache_kept_elsewhere"
+    shutil.move(cache, saved)
+    change_macro(deployed)
+    state = deployed.explain()
+    assert state.spec.dbt_scope.scope == "all"
+    # Before execution the deployed commit's manifest is kept again (another environment's plan parsed it).
+    shutil.copytree(saved, cache, dirs_exist_ok=True)
+    deployed.approve(state.plan_id, "alice")
+
+    result = deployed.execute_approved(state.plan_id)
+
+    assert result.success, failure_message(result)
+    assert deployed.state(state.plan_id).status is PlanStatus.COMPLETED
+
+
 STAGING_SCHEMA = "models/staging/schema.yml"
 NOT_NULL_STATUS = "test.jaffle.not_null_stg_orders_status.2b01eecbd6"
 
