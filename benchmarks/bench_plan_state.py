@@ -1,21 +1,34 @@
 """Benchmark: plan state reads with 10, 1,000 and 10,000 plans of history (issue 12).
 
 Writes a randomized history (about six events per plan, realistic specs: `tests/fixtures/plan_histories.py`)
-through the product's own store function (`record_runless`) into a real SQLite instance, growing the same
-history from one size to the next, and after each size measures (median of `--repeat` runs):
+through the product's own store function (`record_runless`) into a real instance, growing the same history
+from one size to the next: Dagster's default SQLite instance, then a dagster-postgres instance
+(`examples/dagster-postgres.yaml`) on a throwaway server (`tests/fixtures/postgres.py`; always stopped,
+skipped with a message where no server can be started). After each size it measures (median of `--repeat`):
 
-- `plan sensor tick`: the real `jaffle_plan_sensor` evaluated on a no-change tick (the Git head's version
-  is the newest plan's), against a real Git remote; and a plain `git ls-remote` of that remote;
+- `plan sensor tick`: the real `jaffle_plan_sensor` on a no-change tick (the Git head's version is the
+  newest plan's), evaluated as the daemon evaluates it: with the cursor the previous tick set. The first
+  two ticks after the size's new head are not timed (the first fetches the head into the mirror; both
+  check in full, the second confirming the first under the same event mark); every timed tick does what
+  every later daemon tick does: one `git ls-remote` and one indexed lookup of the plan events' mark.
+  Timed alternately with `git ls-remote` of the same remote, so both see the same load.
+- `plan sensor tick without cursor`: the same tick with no cursor, a full check (state read, the version
+  file at the head), as after any plan event. Not a target; it shows what the cursor saves.
 - `gate state read`: what `gate` reads for one plan (its state, and the environment's index twice: the
   busy check and the stale check);
 - `review decision`: a decision's state read plus `PlanRuntime.record` (summary, policy, the event);
-- `plans list --limit 20`: the GraphQL client against Dagster's schema in-process (no webserver).
+- `plans list --limit 20` / `--limit 10`: the GraphQL client against Dagster's schema in-process (no
+  webserver). At 10 plans, `--limit 20` shows 10 plans and at 10,000 it shows 20, so its 10,000 / 10
+  ratio compares twice the plans (and their events); `--limit 10` shows 10 plans at every size.
 
-Then prints each at the largest size divided by the smallest (target <= 1.5), the tick divided by
-`git ls-remote` (target <= 1.5), the peak Python memory of a sensor tick at the largest size (tracemalloc,
-target < 200 MB), and the CPU time of importing the code location divided by `import dagster`.
+Then prints, per storage, each at the largest size divided by each smaller one (target <= 1.5), the tick
+divided by `git ls-remote` (target <= 1.5), the peak Python memory of a sensor tick (with and without
+cursor) at the largest size (tracemalloc, target < 200 MB), and the CPU time of importing the code location
+divided by `import dagster`.
 
-Run: `.venv/bin/python benchmarks/bench_plan_state.py [--sizes 10,1000,10000] [--dir /dev/shm]`.
+Run: `.venv/bin/python benchmarks/bench_plan_state.py [--sizes 10,1000,10000] [--dir /dev/shm]
+[--storage both|sqlite|postgres]`. Writing 10,000 plans takes minutes per storage (tens of minutes on a
+busy machine).
 """
 
 from __future__ import annotations

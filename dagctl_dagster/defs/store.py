@@ -21,6 +21,9 @@ Why reads do not grow with history (a design choice, issue 12):
   any writer may record one, concurrent checkpoints are each correct, and a lost or unreadable one only
   makes the next read longer. The newest `SETTLE_EVENTS` events are never checkpointed, so an event whose
   transaction commits a little after a higher storage id (PostgreSQL) is still read.
+- Whether anything changed at all: `get_plan_event_marks`, the newest storage id of the environment's plan
+  events (two max() lookups on the (asset, event type, id) index). The plan sensor remembers it in its cursor
+  and reads nothing else while it and the branch head stay put.
 - `read_plan_states` (the full fold) stays as the reference, and `audit_environment` compares both.
 
 An event whose payload cannot be parsed makes reads of its environment fail with `DagctlStateError`
