@@ -74,7 +74,8 @@ def test_a_remote_that_never_answers_fails_after_the_timeout_with_a_timeout_hint
 def test_a_head_lookup_on_a_remote_that_never_answers_is_killed_after_the_timeout(
     silent_server: int, tmp_path: Path
 ) -> None:
-    url = f"http://127.0.0.1:{silent_server}/acme/jaffle.git"
+    # git:// has no low-speed limit of git's own: the timeout alone stops it.
+    url = f"git://127.0.0.1:{silent_server}/acme/jaffle.git"
     mirror = GitMirror(url, tmp_path / "mirror.git", network_timeout=1)
 
     with pytest.raises(DagctlGitError) as raised:
