@@ -21,6 +21,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import tarfile
 import tempfile
@@ -325,22 +326,46 @@ class GitMirror:
 
         Example: `mirror.remote_head("main")` -> `"3f1c2a9b7d10..."` (40 hex digits).
         """
+        return self.start_remote_head(branch)()
+
+    def start_remote_head(self, branch: str) -> Callable[[], str]:
+        """`remote_head`, started now in its own git process and collected by calling the result, so the
+        caller can read its own state while the remote answers. The collector raises what `remote_head`
+        raises; a remote silent for `network_timeout` seconds has git and its helpers killed.
+
+        Example: `head = mirror.start_remote_head("main"); ...; head()` -> `"3f1c2a9b7d10..."`.
+        """
         _check_ref_argument(branch, "branch", self.display_url)
         ref = f"refs/heads/{branch}"
-        output = self._run(
-            ["ls-remote", self.url, ref],
-            in_mirror=False,
-            action=f"read the head of branch '{branch}' from",
-            network=True,
-        )
-        for line in output.splitlines():
-            sha, _, name = line.partition("\t")
-            if name == ref:
-                return sha
-        raise DagctlGitError(
-            f"Branch '{branch}' does not exist in {self.display_url}: push the branch, or fix the project's "
-            "branch in the deployment config."
-        )
+        action = f"read the head of branch '{branch}' from"
+        # English messages for `_hint`, as GitPython runs git; a session of its own, so that a timeout kills
+        # the transport helpers (git-remote-https, ssh) with git.
+        env = {**os.environ, **self._env, "LANGUAGE": "C", "LC_ALL": "C"}
+        process = subprocess.Popen(["git", *self._network_options(), "ls-remote", self.url, ref], env=env,
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   start_new_session=True)
+
+        def collect() -> str:
+            try:
+                output, stderr = process.communicate(timeout=self.network_timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.communicate()
+                raise self._error(action, "Timeout: the command was killed",
+                                  hint=self._hint("timeout: the command", network=True)) from None
+            if process.returncode != 0:
+                text = stderr.decode("utf-8", "replace")
+                raise self._error(action, text, hint=self._hint(text, network=True))
+            for line in output.decode("utf-8", "replace").splitlines():
+                sha, _, name = line.partition("\t")
+                if name == ref:
+                    return sha
+            raise DagctlGitError(
+                f"Branch '{branch}' does not exist in {self.display_url}: push the branch, or fix the project's "
+                "branch in the deployment config."
+            )
+
+        return collect
 
     def fetch(self) -> None:
         """Fetch all branches into the mirror: new commits only, moved and deleted branches follow the remote.
@@ -354,8 +379,11 @@ class GitMirror:
         with self._lock():
             self._fetch_into(self.mirror_dir)
 
-    def refresh_branch(self, branch: str) -> str:
+    def refresh_branch(self, branch: str, *, remote: str | None = None) -> str:
         """The head of `branch`, present in the mirror; fetches only when the remote head moved.
+
+        `remote` is the remote head when the caller has just asked for it (`remote_head`): it is not asked
+        again.
 
         Raises:
             DagctlGitError: the remote is unreachable or has no such branch.
@@ -363,7 +391,7 @@ class GitMirror:
         Example: `mirror.refresh_branch("main")` on a quiet repository costs one `git ls-remote`.
         """
         self.ensure()
-        remote = self.remote_head(branch)
+        remote = remote or self.remote_head(branch)
         if self._local_branch(branch) == remote:
             return remote
         self.fetch()
@@ -730,8 +758,7 @@ class GitMirror:
         directory = git_dir or (self.mirror_dir if in_mirror else None)
         env = self._mirror_env(directory) if directory else self._env
         if network:
-            args = ["-c", f"http.lowSpeedLimit={_LOW_SPEED_LIMIT_BYTES}",
-                    "-c", f"http.lowSpeedTime={max(1, int(self.network_timeout))}", *args]
+            args = [*self._network_options(), *args]
         return self._git(directory).execute(
             ["git", *args],
             env=env,
@@ -741,6 +768,10 @@ class GitMirror:
             strip_newline_in_stdout=False,
             kill_after_timeout=self.network_timeout if network else None,
         )
+
+    def _network_options(self) -> list[str]:
+        return ["-c", f"http.lowSpeedLimit={_LOW_SPEED_LIMIT_BYTES}",
+                "-c", f"http.lowSpeedTime={max(1, int(self.network_timeout))}"]
 
     def _mirror_env(self, git_dir: Path) -> dict[str, str]:
         # An explicit GIT_DIR: no discovery from the working directory, whatever it is.

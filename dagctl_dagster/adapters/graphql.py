@@ -33,7 +33,7 @@ import requests
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..core.errors import DagctlError, DagctlPlanError, DagctlStateError
-from ..core.lifecycle import Decision, PlanEvent, PlanState, PlanStatus, fold_plans
+from ..core.lifecycle import Decision, EventKind, PlanEvent, PlanState, PlanStatus, fold_plans
 from ..core.plan import build_plan_id
 from ..core.plan import split_plan_id as core_split_plan_id
 from ..core.signatures import build_decision_message
@@ -312,8 +312,7 @@ query DagctlPlanAssets($prefix: [String!]) {
 }"""
 
 _EVENTS_QUERY = """
-query DagctlPlanEvents($key: AssetKeyInput!, $limit: Int!, $cursor: String, $partitions: [String!],
-                       $withMetadata: Boolean = true) {
+query DagctlPlanEvents($key: AssetKeyInput!, $limit: Int!, $cursor: String, $partitions: [String!]) {
   assetOrError(assetKey: $key) {
     __typename
     ... on Asset {
@@ -324,10 +323,10 @@ query DagctlPlanEvents($key: AssetKeyInput!, $limit: Int!, $cursor: String, $par
         results {
           __typename
           ... on MaterializationEvent {
-            timestamp partition metadataEntries @include(if: $withMetadata) { ...DagctlEntry }
+            timestamp partition metadataEntries { ...DagctlEntry }
           }
           ... on ObservationEvent {
-            timestamp partition metadataEntries @include(if: $withMetadata) { ...DagctlEntry }
+            timestamp partition metadataEntries { ...DagctlEntry }
           }
         }
       }
@@ -339,6 +338,44 @@ fragment DagctlEntry on MetadataEntry {
   ... on JsonMetadataEntry { jsonString }
   ... on MarkdownMetadataEntry { mdStr }
 }"""
+
+
+
+def build_plans_events_query(count: int) -> str:
+    """One request reading the events of `count` plans, each by its own partition (`$p0`, `$p1`...).
+
+    One partition per history field, never a list: Dagster's event log finds one partition's events
+    through its (asset, event type, partition) index, while a list of partitions makes SQLite and
+    PostgreSQL walk the asset's whole history by storage id.
+    """
+    variables = "".join(f", $p{i}: [String!]" for i in range(count))
+    fields = "".join(
+        f"""
+      e{i}: assetEventHistory(limit: $limit, cursor: $cursor, partitions: $p{i},
+                              eventTypeSelectors: [MATERIALIZATION, OBSERVATION]) {{ ...DagctlHistory }}"""
+        for i in range(count))
+    return f"""
+query DagctlPlansEvents($key: AssetKeyInput!, $limit: Int!, $cursor: String{variables}) {{
+  assetOrError(assetKey: $key) {{
+    __typename
+    ... on Asset {{{fields}
+    }}
+  }}
+}}
+fragment DagctlHistory on AssetResultEventHistoryConnection {{
+  cursor
+  results {{
+    __typename
+    ... on MaterializationEvent {{ timestamp partition metadataEntries {{ ...DagctlEntry }} }}
+    ... on ObservationEvent {{ timestamp partition metadataEntries {{ ...DagctlEntry }} }}
+  }}
+}}
+fragment DagctlEntry on MetadataEntry {{
+  label
+  ... on JsonMetadataEntry {{ jsonString }}
+  ... on MarkdownMetadataEntry {{ mdStr }}
+}}"""
+
 
 _REPOSITORIES_QUERY = """
 query DagctlRepositories {
@@ -585,16 +622,20 @@ class DagctlClient:
 
     def _walk_plans(self, project: str, environment: str, wanted: PlanStatus | None, since: datetime | None,
                     limit: int | None) -> list[tuple[float, PlanView]]:
-        """`(time of the plan's first event, plan)` of the newest matching plans of one environment."""
+        """`(time of the plan's first event, plan)` of the newest matching plans of one environment.
+
+        Each event is read once: the pages of the walk carry the metadata. A plan first met in a page
+        without its `created` event has its older events read by partition, below that page (`cursor`);
+        its events in the older pages are then passed over.
+        """
         key = {"path": [PLAN_ASSET_PREFIX, project, environment]}
         matches: list[tuple[float, PlanView]] = []
-        seen: set[str] = set()
+        met: set[str] = set()
         cursor: str | None = None
         # About six events per plan: a page of 6 x limit events usually holds the newest `limit` plans.
         walk_page = min(_WALK_PAGE, max(30, 6 * limit)) if limit else _WALK_PAGE
         while True:
-            result = self.transport.execute(_EVENTS_QUERY, {"key": key, "limit": walk_page, "cursor": cursor,
-                                                            "withMetadata": False})
+            result = self.transport.execute(_EVENTS_QUERY, {"key": key, "limit": walk_page, "cursor": cursor})
             asset = result["assetOrError"]
             if asset.get("__typename") != "Asset":
                 return []
@@ -602,11 +643,18 @@ class DagctlClient:
             rows = page["results"]
             if any(not row.get("partition") for row in rows):  # a history older than partition keys
                 return self._list_unpartitioned(project, environment, wanted, since)
-            new = list(dict.fromkeys(row["partition"] for row in rows
-                                     if row["partition"] != INDEX_PARTITION and row["partition"] not in seen))
-            seen.update(new)
-            if new:
-                for plan_id, (first, plan) in self._read_plans_by_id(key, new).items():
+            fresh = [row for row in rows if row["partition"] != INDEX_PARTITION and row["partition"] not in met]
+            if fresh:
+                new = list(dict.fromkeys(row["partition"] for row in fresh))
+                met.update(new)
+                parsed = _parse_rows(key, fresh)
+                created = {event.plan_id for event in parsed[0] if event.kind is EventKind.CREATED}
+                started_earlier = [plan_id for plan_id in new if plan_id not in created]
+                if started_earlier and len(rows) == walk_page:
+                    older = _parse_rows(key, self._read_plan_rows(key, started_earlier, cursor=page["cursor"]))
+                    parsed = (older[0] + parsed[0], {**older[1], **parsed[1]}, {**older[2], **parsed[2]},
+                              {**parsed[3], **older[3]})
+                for plan_id, (first, plan) in _build_views(parsed).items():
                     if (wanted is None or plan.status is wanted) and (
                             since is None or plan.state.spec.created_at >= since):
                         matches.append((first, plan))
@@ -631,10 +679,7 @@ class DagctlClient:
 
     def _read_plans_by_id(self, key: Mapping[str, Any], plan_ids: list[str]) -> dict[str, tuple[float, PlanView]]:
         """The plans with these ids, each read from its own events, with the time of its first event."""
-        events, summaries, policies, firsts = self._read_events(key, partitions=plan_ids)
-        return {plan_id: (firsts[plan_id], PlanView(state=state, summary=summaries.get(plan_id, ""),
-                                                    policy=policies.get(plan_id)))
-                for plan_id, state in fold_plans(events).items()}
+        return _build_views(_parse_rows(key, self._read_rows(key, partitions=plan_ids)))
 
     def list_plan_assets(self, project: str | None = None) -> list[tuple[str, str]]:
         """`(project, environment)` of every plan asset the deployment defines or has events for."""
@@ -669,57 +714,41 @@ class DagctlClient:
 
     def _read_asset_plans(self, project: str, environment: str) -> dict[str, PlanView]:
         """Every plan of an environment, from its whole history (histories without partition keys)."""
-        events, summaries, policies, _ = self._read_events({"path": [PLAN_ASSET_PREFIX, project, environment]})
-        states = fold_plans(events)
-        return {plan_id: PlanView(state=state, summary=summaries.get(plan_id, ""), policy=policies.get(plan_id))
-                for plan_id, state in states.items()}
+        key = {"path": [PLAN_ASSET_PREFIX, project, environment]}
+        return {plan_id: plan for plan_id, (_, plan) in _build_views(_parse_rows(key, self._read_rows(key))).items()}
 
-    def _read_events(
-        self, key: Mapping[str, Any], *, partitions: list[str] | None = None,
-    ) -> tuple[list[PlanEvent], dict[str, str], dict[str, Mapping[str, Any]], dict[str, float]]:
-        """The asset's plan events (of these plans only, with `partitions`) in storage order, the latest
-        summary and policy recorded per plan, and the time of each plan's first event."""
+    def _read_plan_rows(self, key: Mapping[str, Any], plan_ids: list[str], *,
+                        cursor: str | None = None) -> list[Mapping[str, Any]]:
+        """The events of these plans (older than `cursor`), each plan's newest first: one request, one
+        bounded lookup per plan (`build_plans_events_query`)."""
+        variables = {"key": key, "limit": _PAGE, "cursor": cursor,
+                     **{f"p{i}": [plan_id] for i, plan_id in enumerate(plan_ids)}}
+        asset = self.transport.execute(build_plans_events_query(len(plan_ids)), variables)["assetOrError"]
+        if asset.get("__typename") != "Asset":
+            return []
         rows: list[Mapping[str, Any]] = []
-        cursor: str | None = None
+        for i, plan_id in enumerate(plan_ids):
+            page = asset[f"e{i}"]
+            rows += page["results"]
+            if len(page["results"]) == _PAGE:  # a plan with that many events: the rest, page by page
+                rows += self._read_rows(key, partitions=[plan_id], cursor=page["cursor"])
+        return rows  # each plan's events newest first; plans fold on their own, so plans need no order
+
+    def _read_rows(self, key: Mapping[str, Any], *, partitions: list[str] | None = None,
+                   cursor: str | None = None) -> list[Mapping[str, Any]]:
+        """The asset's events (of these plans only, with `partitions`; older than `cursor`), newest first."""
+        rows: list[Mapping[str, Any]] = []
         while True:
             result = self.transport.execute(_EVENTS_QUERY, {"key": key, "limit": _PAGE, "cursor": cursor,
                                                             "partitions": partitions})
             asset = result["assetOrError"]
             if asset.get("__typename") != "Asset":
-                return [], {}, {}, {}
+                return []
             page = asset["assetEventHistory"]
-            # The history is newest first (by storage id); the fold needs the recorded order.
             rows += page["results"]
             if len(page["results"]) < _PAGE:
-                break
+                return rows
             cursor = page["cursor"]
-        events: list[PlanEvent] = []
-        summaries: dict[str, str] = {}
-        policies: dict[str, Mapping[str, Any]] = {}
-        firsts: dict[str, float] = {}
-        for row in reversed(rows):
-            entries = {entry["label"]: entry for entry in row.get("metadataEntries", [])}
-            raw = entries.get(EVENT_METADATA_KEY, {}).get("jsonString")
-            if not raw:
-                continue
-            try:
-                event = PlanEvent.model_validate(json.loads(raw))
-            except (ValueError, ValidationError) as exc:
-                # Never skipped: a skipped rejection would make a dead plan look alive.
-                raise DagctlStateError(
-                    f"plan state of {'/'.join(key['path'])} cannot be read: the event recorded at "
-                    f"{row.get('timestamp')} (plan {row.get('partition') or 'unknown'}) has an unreadable "
-                    f"'{EVENT_METADATA_KEY}' ({str(exc).splitlines()[0]}); use the dagctl version that wrote "
-                    "it, or remove the event from the event log") from exc
-            events.append(event)
-            firsts.setdefault(event.plan_id, _parse_millis(row.get("timestamp")))
-            summary = entries.get(SUMMARY_METADATA_KEY, {}).get("mdStr")
-            if summary:
-                summaries[event.plan_id] = summary
-            policy = entries.get(POLICY_METADATA_KEY, {}).get("jsonString")
-            if policy:
-                policies[event.plan_id] = json.loads(policy)
-        return events, summaries, policies, firsts
 
     def _find_explaining_run(self, plan_id: str, project: str, environment: str) -> RunInfo | None:
         """The plan job run whose id the plan id was derived from, if it has not recorded the plan yet."""
@@ -1040,6 +1069,50 @@ class DagctlClient:
             if deadline is not None and self._monotonic() >= deadline:
                 raise DagctlTimeoutError(
                     f"plan {plan_id} is still {last.value if last else 'not recorded yet'} after {timeout:.0f}s")
+
+
+def _parse_rows(
+    key: Mapping[str, Any], rows: list[Mapping[str, Any]],
+) -> tuple[list[PlanEvent], dict[str, str], dict[str, Mapping[str, Any]], dict[str, float]]:
+    """The plan events of `rows` (newest first, as the history gives them) in recorded order, the latest
+    summary and policy recorded per plan, and the time of each plan's first event."""
+    events: list[PlanEvent] = []
+    summaries: dict[str, str] = {}
+    policies: dict[str, Mapping[str, Any]] = {}
+    firsts: dict[str, float] = {}
+    for row in reversed(rows):
+        entries = {entry["label"]: entry for entry in row.get("metadataEntries", [])}
+        raw = entries.get(EVENT_METADATA_KEY, {}).get("jsonString")
+        if not raw:
+            continue
+        try:
+            event = PlanEvent.model_validate(json.loads(raw))
+        except (ValueError, ValidationError) as exc:
+            # Never skipped: a skipped rejection would make a dead plan look alive.
+            raise DagctlStateError(
+                f"plan state of {'/'.join(key['path'])} cannot be read: the event recorded at "
+                f"{row.get('timestamp')} (plan {row.get('partition') or 'unknown'}) has an unreadable "
+                f"'{EVENT_METADATA_KEY}' ({str(exc).splitlines()[0]}); use the dagctl version that wrote "
+                "it, or remove the event from the event log") from exc
+        events.append(event)
+        firsts.setdefault(event.plan_id, _parse_millis(row.get("timestamp")))
+        summary = entries.get(SUMMARY_METADATA_KEY, {}).get("mdStr")
+        if summary:
+            summaries[event.plan_id] = summary
+        policy = entries.get(POLICY_METADATA_KEY, {}).get("jsonString")
+        if policy:
+            policies[event.plan_id] = json.loads(policy)
+    return events, summaries, policies, firsts
+
+
+def _build_views(
+    parsed: tuple[list[PlanEvent], dict[str, str], dict[str, Mapping[str, Any]], dict[str, float]],
+) -> dict[str, tuple[float, PlanView]]:
+    """Each plan of `_parse_rows`'s answer (which holds all its events), with the time of its first event."""
+    events, summaries, policies, firsts = parsed
+    return {plan_id: (firsts[plan_id], PlanView(state=state, summary=summaries.get(plan_id, ""),
+                                                policy=policies.get(plan_id)))
+            for plan_id, state in fold_plans(events).items()}
 
 
 def _run_info(run: Mapping[str, Any]) -> RunInfo:

@@ -5,6 +5,8 @@
   failed: a rejected or cancelled plan does not count); SQLMesh projects when the head commit differs from
   the last completed plan's. Run keys make requests idempotent. A request whose run failed before `detect`
   recorded a plan (e.g. the run never started) is requested again, at most `MAX_PLAN_ATTEMPTS` times.
+  A tick where neither the branch head nor the environment's plan events moved reuses the decision the
+  cursor remembers ("up to date", "planned already"): it costs one `git ls-remote` and one indexed lookup.
   Each project has its own sensor: with `sensors: use_threads: true` in `dagster.yaml` the daemon evaluates
   them in parallel, so one hung remote (bounded by `git_timeout_seconds`) never delays the others.
 - `dagctl_approval_sensor`: launches the plan job for each plan whose policy is met (run key from the plan
@@ -20,6 +22,10 @@ Each project is evaluated on its own: one broken project becomes a skip reason, 
 """
 
 from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
 
 from dagster import (
     DefaultSensorStatus,
@@ -42,7 +48,7 @@ from ..core.policy import SYSTEM_ACTOR
 from .execution import stop_run_steps_of
 from .runtime import PlanRuntime
 from ..core.plan import build_plan_id
-from .store import find_plan_state, read_plan_index
+from .store import find_plan_state, get_plan_event_marks, read_plan_index
 from .tags import TRIGGER_TAG, plan_run_tags
 
 # Sensors start running with the code location: plans appear without a click in the UI.
@@ -65,21 +71,75 @@ def plan_run_config(environment: str, *, commit: str = "", plan_id: str = "") ->
     return {"ops": {"detect": {"config": {"environment": environment, "commit": commit, "plan_id": plan_id}}}}
 
 
+def _plan_basis(runtime: PlanRuntime, project: ProjectConfig, env: EnvironmentConfig) -> str:
+    """What a remembered decision was made under (repository, branch, folder, framework): a digest, since the
+    cursor is shown in the UI and the URL may carry credentials."""
+    parts = [runtime.repository_url(project), project.tracked_branch(env), project.subdirectory or "",
+             project.framework]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+
+
+def _collect(asked: Callable[[], str] | DagctlError) -> str | DagctlError:
+    if isinstance(asked, DagctlError):
+        return asked
+    try:
+        return asked()
+    except DagctlError as exc:
+        return exc
+
+
+def _read_memory(cursor: str | None) -> dict[str, dict]:
+    try:
+        memory = json.loads(cursor) if cursor else {}
+    except ValueError:
+        return {}  # a cursor of another version: every environment is checked in full once
+    return memory if isinstance(memory, dict) else {}
+
+
 def build_plan_sensor(runtime: PlanRuntime, project: ProjectConfig, job):
     @sensor(name=f"{project.name}_plan_sensor", job=job,
             minimum_interval_seconds=project.sensor_interval_seconds, default_status=RUNNING,
             description=f"Requests a plan of '{project.name}' when "
             + ("its version changes." if project.framework == "dbt" else "a new commit lands."))
     def plan_sensor(context: SensorEvaluationContext):
-        requests, skips = [], []
+        # The no-change tick costs one `git ls-remote` and one indexed lookup: the cursor remembers, per
+        # environment, the head and the plan events' mark (`get_plan_event_marks`) a decision that needs no
+        # run ("up to date", "planned already") was made under. The same head and the same mark give the
+        # same decision, so nothing else is read. The mark is read before anything else, so an event
+        # recorded during the tick moves it for the next one; and a decision is only reused once a second
+        # full check under the same mark confirmed it (`settled`), so an event whose transaction commits
+        # after a higher storage id (PostgreSQL) is still seen. Anything else is checked in full every tick.
+        memory, remembered = _read_memory(context.cursor), {}
         mirror = runtime.mirror(project)
+        # Each branch's `git ls-remote` runs while the plan events' marks are read.
+        asking: dict[str, Callable[[], str] | DagctlError] = {}
+        for branch in dict.fromkeys(project.tracked_branch(env) for env in project.environments):
+            try:
+                mirror.ensure()
+                asking[branch] = mirror.start_remote_head(branch)
+            except DagctlError as exc:
+                asking[branch] = exc
+        marks = get_plan_event_marks(context.instance, project.name, [env.name for env in project.environments])
+        requests, skips = [], []
+        remote_heads: dict[str, str | DagctlError] = {}
         heads: dict[str, str] = {}
         for env in project.environments:
             branch = project.tracked_branch(env)
             try:
+                if branch not in remote_heads:
+                    remote_heads[branch] = _collect(asking[branch])
+                if isinstance(remote_heads[branch], DagctlError):
+                    raise remote_heads[branch]
+                basis, kept = _plan_basis(runtime, project, env), memory.get(env.name)
+                current = isinstance(kept, dict) and (kept.get("commit"), kept.get("mark"), kept.get("basis")) == (
+                    remote_heads[branch], marks[env.name], basis)
+                if current and kept.get("settled") and isinstance(kept.get("why"), str):
+                    remembered[env.name] = kept
+                    skips.append(f"{project.name}/{env.name}: {kept['why']}")
+                    continue
                 if branch not in heads:
-                    heads[branch] = mirror.refresh_branch(branch)
-                request, why = _plan_request(context, project, env, heads[branch])
+                    heads[branch] = mirror.refresh_branch(branch, remote=remote_heads[branch])
+                request, why, is_stable = _plan_request(context, project, env, heads[branch])
             except DagctlError as exc:
                 skips.append(f"{project.name}/{env.name}: {exc}")
                 continue
@@ -87,23 +147,31 @@ def build_plan_sensor(runtime: PlanRuntime, project: ProjectConfig, job):
                 skips.append(f"{project.name}/{env.name}: {why}")
             else:
                 requests.append(request)
+            if is_stable and heads[branch] == remote_heads[branch]:
+                remembered[env.name] = {"commit": heads[branch], "mark": marks[env.name], "basis": basis,
+                                        "why": why, "settled": bool(current)}
+        cursor = json.dumps(remembered, sort_keys=True)
+        if cursor != (context.cursor or "{}"):
+            context.update_cursor(cursor)
         if requests:
             return SensorResult(run_requests=requests)
         return SkipReason("; ".join(skips))
 
     def _plan_request(context, project: ProjectConfig, env: EnvironmentConfig,
-                      head: str) -> tuple[RunRequest | None, str]:
+                      head: str) -> tuple[RunRequest | None, str, bool]:
+        """The request for `head` (or None and why not), and whether that answer can only change with the
+        head or the environment's plan events (no run is involved: it may be remembered)."""
         index = read_plan_index(context.instance, project.name, env.name)
         if project.framework == "dbt":
             version = read_project_version(runtime.mirror(project), project, head)
             newest = index.newest
             if newest is not None and newest.spec.version_new == version:
-                return None, "up to date"
+                return None, "up to date", True
             key = f"{project.name}:{env.name}:{version}:{head}"
         else:
             last = index.last_completed
             if last is not None and last.spec.target_commit == head:
-                return None, "up to date"
+                return None, "up to date", True
             key = f"{project.name}:{env.name}:{head}"
         # Runs already requested for this key: one that is queued, running, or that recorded a plan is
         # enough. Runs that died before `detect` recorded anything (a launch timeout, a crashed worker)
@@ -112,23 +180,24 @@ def build_plan_sensor(runtime: PlanRuntime, project: ProjectConfig, job):
                 context.instance.get_run_records(RunsFilter(tags={REQUEST_TAG: key}))]
         active = [run for run in runs if not run.is_finished]
         if active:
-            return None, f"the plan of {head[:12]} is being made (run {active[0].run_id[:8]} is {active[0].status.value})"
+            return None, (f"the plan of {head[:12]} is being made (run {active[0].run_id[:8]} is "
+                          f"{active[0].status.value})"), False
         planned = [state for run in runs if (state := find_plan_state(
             context.instance, build_plan_id(project.name, env.name, run.run_id))) is not None]
         if planned:
             return None, (f"{head[:12]} was planned already (plan {planned[0].plan_id}, {planned[0].status.value}): "
-                          "push a new commit to plan it again")
+                          "push a new commit to plan it again"), True
         unplanned = [run for run in runs if run.status in _DEAD]
         if len(unplanned) >= MAX_PLAN_ATTEMPTS:
             return None, (f"the plan of {head[:12]} was requested {len(unplanned)} times and each run ended "
                           f"before it recorded a plan (last: run {unplanned[0].run_id[:8]}, see its logs); "
-                          "not requested again: push a new commit or launch the plan job by hand")
+                          "not requested again: push a new commit or launch the plan job by hand"), False
         attempt = len(unplanned) + 1
         return RunRequest(
             run_key=key if attempt == 1 else f"{key}:attempt:{attempt}",
             run_config=plan_run_config(env.name, commit=head),
             tags={**plan_run_tags(project.name, env.name), TRIGGER_TAG: "sensor", REQUEST_TAG: key},
-        ), ""
+        ), "", False
 
     return plan_sensor
 

@@ -21,6 +21,9 @@ Why reads do not grow with history (a design choice, issue 12):
   any writer may record one, concurrent checkpoints are each correct, and a lost or unreadable one only
   makes the next read longer. The newest `SETTLE_EVENTS` events are never checkpointed, so an event whose
   transaction commits a little after a higher storage id (PostgreSQL) is still read.
+- Whether anything changed at all: `get_plan_event_marks`, the newest storage id of the environment's plan
+  events (two max() lookups on the (asset, event type, id) index). The plan sensor remembers it in its cursor
+  and reads nothing else while it and the branch head stay put.
 - `read_plan_states` (the full fold) stays as the reference, and `audit_environment` compares both.
 
 An event whose payload cannot be parsed makes reads of its environment fail with `DagctlStateError`
@@ -42,6 +45,7 @@ from dagster import (
     MetadataValue,
 )
 from pydantic import ValidationError
+from sqlalchemy import text
 
 from ..core.errors import DagctlPlanError, DagctlStateError
 from ..core.lifecycle import PlanEvent, PlanIndex, PlanState, build_plan_index, fold_plans, update_plan_index
@@ -228,6 +232,39 @@ def read_plan_index(instance: DagsterInstance, project: str, environment: str) -
             {"version": _INDEX_VERSION, "cursor": cursor, "index": index.model_dump(mode="json")})},
     ))
     return _advance(instance, index, cursor, [event for _, event in recent])
+
+
+# The newest storage id of an asset's plan events: two max() lookups on Dagster's (asset_key, event type, id)
+# index, as plain SQL so that nothing is compiled per call (Dagster's SQLite storage opens a new engine for
+# each connection, so SQLAlchemy's compiled-statement cache never hits).
+_MARK_SQL = (
+    "SELECT (SELECT max(id) FROM event_logs WHERE asset_key = :key AND dagster_event_type = "
+    "'ASSET_MATERIALIZATION'), (SELECT max(id) FROM event_logs WHERE asset_key = :key AND "
+    "dagster_event_type = 'ASSET_OBSERVATION')"
+)
+
+
+def get_plan_event_marks(instance: DagsterInstance, project: str, environments: Iterable[str]) -> dict[str, int]:
+    """Per environment, the storage id of the newest event of its plan asset (0 if none): a mark that moves
+    whenever anything is recorded for the environment's plans (events, decisions, index checkpoints).
+
+    Costs one indexed lookup per environment whatever the history's length: the plan sensor compares it with
+    the mark it remembered to know that no plan state changed since its last full check.
+    """
+    keys = {environment: plan_asset_key(project, environment).to_string() for environment in environments}
+    storage = instance.event_log_storage
+    if hasattr(storage, "index_connection"):  # the SQL storages (SQLite, PostgreSQL, MySQL)
+        with storage.index_connection() as conn:
+            return {environment: max((v or 0) for v in conn.execute(text(_MARK_SQL), {"key": key}).fetchone())
+                    for environment, key in keys.items()}
+    marks = {}
+    for environment in keys:
+        records_filter = AssetRecordsFilter(asset_key=plan_asset_key(project, environment))
+        marks[environment] = max((record.storage_id for fetch in (instance.fetch_materializations,
+                                                                  instance.fetch_observations)
+                                  for record in fetch(records_filter, limit=1, ascending=False).records),
+                                 default=0)
+    return marks
 
 
 def audit_environment(instance: DagsterInstance, project: str, environment: str) -> list[str]:

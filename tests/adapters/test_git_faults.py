@@ -71,6 +71,23 @@ def test_a_remote_that_never_answers_fails_after_the_timeout_with_a_timeout_hint
     )
 
 
+def test_a_head_lookup_on_a_remote_that_never_answers_is_killed_after_the_timeout(
+    silent_server: int, tmp_path: Path
+) -> None:
+    # git:// has no low-speed limit of git's own: the timeout alone stops it.
+    url = f"git://127.0.0.1:{silent_server}/acme/jaffle.git"
+    mirror = GitMirror(url, tmp_path / "mirror.git", network_timeout=1)
+
+    with pytest.raises(DagctlGitError) as raised:
+        mirror.start_remote_head("main")()
+
+    assert str(raised.value) == (
+        f"Cannot read the head of branch 'main' from {url}: no answer within 1s, git was stopped. Hint: the "
+        "remote did not answer within 1s: check that it is up and reachable, or raise the project's "
+        "git_timeout_seconds if it is only slow."
+    )
+
+
 def test_an_unknown_host_gets_the_network_hint_not_the_credentials_one(tmp_path: Path) -> None:
     mirror = GitMirror("https://no-such-host.invalid/acme/jaffle.git", tmp_path / "mirror.git")
 

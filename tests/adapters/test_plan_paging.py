@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import random
+import re
 from datetime import UTC, datetime
 
 import pytest
@@ -46,21 +47,28 @@ def test_list_gives_the_newest_plans_first_and_reads_only_those_it_walks_past(hi
     assert [p.plan_id for p in plans] == _newest_first(states)[:5]
     assert [p.state for p in plans] == [states[p.plan_id] for p in plans]
     full_reads = [v for v, _ in session.calls if "partitions" in v and not v["partitions"]]
-    plan_reads = {pid for v, _ in session.calls if v.get("partitions") for pid in v["partitions"]}
+    by_plan = [value for v, _ in session.calls for name, value in v.items()
+               if name == "partitions" and value or re.fullmatch(r"p\d+", name)]
+    plan_reads = {pid for value in by_plan for pid in value}
     assert (full_reads, len(plan_reads) < PLANS // 2) == ([], True)  # never the whole history with metadata
+    # One partition per lookup: a list of partitions makes the event log walk the whole history.
+    assert {len(value) for value in by_plan} <= {1}
 
 
 def test_status_and_since_filters_match_the_full_fold(history):
     instance, states = history
     since = list(states.values())[PLANS // 2].spec.created_at
-    with in_process_client(instance) as (client, _):
+    with in_process_client(instance) as (client, session):
         failed = client.list_plans(environment="prod", status="failed", limit=3)
         recent = client.list_plans(since=since, limit=1000)
+    assert any(re.fullmatch(r"p\d+", name) for v, _ in session.calls for name in v)  # plans read by partition
 
     assert [p.plan_id for p in failed] == [
         pid for pid in _newest_first(states) if states[pid].status.value == "failed"][:3]
     assert [p.plan_id for p in recent] == [
         pid for pid in _newest_first(states) if states[pid].spec.created_at >= since]
+    # Plans created before a page of the walk and still changing in it are read whole (their older events).
+    assert [p.state for p in recent + failed] == [states[p.plan_id] for p in recent + failed]
 
 
 def test_get_plan_reads_one_plan_by_its_partition(history):
