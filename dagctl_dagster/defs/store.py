@@ -257,8 +257,15 @@ def get_plan_event_marks(instance: DagsterInstance, project: str, environments: 
         with storage.index_connection() as conn:
             return {environment: max((v or 0) for v in conn.execute(text(_MARK_SQL), {"key": key}).fetchone())
                     for environment, key in keys.items()}
+    return read_plan_event_marks_by_records(instance, project, keys)
+
+
+def read_plan_event_marks_by_records(instance: DagsterInstance, project: str,
+                                     environments: Iterable[str]) -> dict[str, int]:
+    """`get_plan_event_marks` through Dagster's public record API (two newest-first fetches of one record per
+    environment): for storages without SQL, and the reference the SQL lookup is tested against."""
     marks = {}
-    for environment in keys:
+    for environment in environments:
         records_filter = AssetRecordsFilter(asset_key=plan_asset_key(project, environment))
         marks[environment] = max((record.storage_id for fetch in (instance.fetch_materializations,
                                                                   instance.fetch_observations)

@@ -14,7 +14,7 @@ from dagster import SkipReason, build_sensor_context
 from conftest import ENV, ON_SQLITE_AND_POSTGRES, PLAN_JOB, PLAN_SENSOR, PROJECT, failure_message, run_requests
 from dagctl_dagster.core.plan import build_plan_id
 from dagctl_dagster.defs.sensors import MAX_PLAN_ATTEMPTS
-from dagctl_dagster.defs.store import get_plan_event_marks
+from dagctl_dagster.defs.store import get_plan_event_marks, read_plan_event_marks_by_records
 
 UP_TO_DATE = SkipReason(f"{PROJECT}/{ENV}: up to date")
 
@@ -63,6 +63,9 @@ def test_an_unchanged_head_reuses_the_decision_until_a_rejection_makes_an_older_
     assert (settled["commit"], settled["mark"], settled["settled"], settled["why"]) == (
         head, mark, True, "up to date")
     assert daemon.remembered() == settled  # the third tick read nothing but the head and the mark
+    # The SQL lookup of the mark is the newest plan event Dagster's own record API finds.
+    assert get_plan_event_marks(deployed.instance, PROJECT, [ENV, "dev"]) == read_plan_event_marks_by_records(
+        deployed.instance, PROJECT, [ENV, "dev"]) == {ENV: mark, "dev": 0}
 
     assert deployed.decide(pending.plan_id, "reject", "alice", comment="not like this").success
     [request] = run_requests(daemon.tick())  # the deployed plan (version 1) is the newest standing one again
