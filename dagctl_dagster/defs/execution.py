@@ -19,7 +19,7 @@ from dagster import DagsterInstance, OpExecutionContext
 from ..core.config import EnvironmentConfig, KubernetesBackendConfig, ProjectConfig
 from ..core.errors import DagctlStepError
 from ..core.lifecycle import EventKind, PlanEvent, PlanStatus, get_last_completed
-from ..core.plan import Framework, PlanSpec
+from ..core.plan import Framework, PlanSpec, build_plan_id
 from ..core.policy import SYSTEM_ACTOR
 from ..core.steps import StepSpec
 from .local_backend import run_pipes_step, stop_run_steps
@@ -113,8 +113,27 @@ def stop_run_steps_of(runtime: PlanRuntime, plan_id: str, run_id: str) -> list[s
     if isinstance(backend, KubernetesBackendConfig):
         from .kubernetes_steps import delete_run_pods
 
-        return delete_run_pods(backend, plan_id=plan_id, run_id=run_id)
+        return delete_run_pods(backend, plan_id=plan_id, run_id=run_id, api_client=_cluster_client(runtime))
     return stop_run_steps(runtime.run_dir(run_id))
+
+
+def stop_explain_pods_of(runtime: PlanRuntime, project: ProjectConfig, run_id: str) -> list[str]:
+    """Deletes the dbt parse pods a dead explaining run of `project` left (its plan was never recorded, so
+    only the run id knows it: an explaining run's plan id is derived from it); returns their names. Local
+    parse processes die with their run worker (the step guard), so only the Kubernetes backend has any."""
+    stopped: list[str] = []
+    for env in project.environments:
+        backend = project.backend_for(env)
+        if isinstance(backend, KubernetesBackendConfig):
+            from .kubernetes_steps import delete_run_pods
+
+            stopped += delete_run_pods(backend, plan_id=build_plan_id(project.name, env.name, run_id),
+                                       run_id=run_id, api_client=_cluster_client(runtime))
+    return stopped
+
+
+def _cluster_client(runtime: PlanRuntime):
+    return runtime.kubernetes_client() if runtime.kubernetes_client is not None else None
 
 
 def snapshot_path(artifact: str) -> Path:

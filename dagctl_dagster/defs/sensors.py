@@ -36,6 +36,7 @@ from dagster import (
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
+    get_dagster_logger,
     run_status_sensor,
     sensor,
 )
@@ -44,10 +45,10 @@ from ..adapters.dbt import read_project_version
 from ..core.config import EnvironmentConfig, ProjectConfig
 from ..core.errors import DagctlError
 from ..core.lifecycle import PlanState, PlanStatus, build_status_event
-from ..core.policy import SYSTEM_ACTOR
-from .execution import stop_run_steps_of
-from .runtime import PlanRuntime
 from ..core.plan import build_plan_id
+from ..core.policy import SYSTEM_ACTOR
+from .execution import stop_explain_pods_of, stop_run_steps_of
+from .runtime import PlanRuntime
 from .store import find_plan_state, get_plan_event_marks, read_plan_index
 from .tags import TRIGGER_TAG, plan_run_tags
 
@@ -275,10 +276,23 @@ def find_executing_plan(runtime: PlanRuntime, instance, run) -> PlanState | None
     return None
 
 
+def _stop_explain_pods(runtime: PlanRuntime, run) -> None:
+    """A dead run that executed no plan may have been explaining one: its dbt parse pods are deleted."""
+    try:
+        project = runtime.deployment.get_project(run.job_name.removesuffix("_plan_job"))
+    except DagctlError:
+        return
+    stopped = stop_explain_pods_of(runtime, project, run.run_id)
+    if stopped:
+        get_dagster_logger("dagctl").info(f"run {run.run_id[:8]} died while explaining: deleted its parse "
+                                          f"pod(s) {', '.join(stopped)}")
+
+
 def mark_dead_run(runtime: PlanRuntime, instance, run, what: str) -> bool:
     """Records `failed` for the plan this run is executing, if any. Returns whether it did."""
     state = find_executing_plan(runtime, instance, run)
     if state is None:
+        _stop_explain_pods(runtime, run)
         return False
     # `failed` only once nothing of the execution runs: step processes or pods left behind are stopped first.
     stopped = stop_run_steps_of(runtime, state.plan_id, run.run_id)

@@ -119,3 +119,28 @@ def test_the_pods_of_a_dead_run_are_deleted_and_no_other_runs(tmp_path):
                                api_client=cluster.client())
 
     assert (other_run, dead_run, cluster.deleted) == ([], [name], [("pod", name)])
+
+
+def test_a_dead_explaining_runs_parse_pod_is_deleted_by_the_failure_sensors_path(tmp_path):
+    from dagster._core.storage.dagster_run import DagsterRun
+
+    from dagctl_dagster.core.plan import build_plan_id
+    from dagctl_dagster.defs.sensors import mark_dead_run
+
+    runtime = PlanRuntime(deployment=parse_deployment_config(CONFIG, source="dagctl.yaml"),
+                          storage_dir=tmp_path / "data", config_dir=tmp_path)
+    cluster = FakeCluster(FakeClock(), [ContainerScript("dagctl-step", ends_at=None)])
+    runtime.kubernetes_client = cluster.client
+    run_id = "5e1f0c2a-bbbb-4000-8000-000000000000"
+    plan_id = build_plan_id("jaffle", "prod", run_id)  # what the explaining run would have recorded
+    parse_pod = f"dagctl-{plan_id}-parse-0-{run_id[:8]}"
+    cluster.create_namespaced_pod("data", V1Pod(metadata=V1ObjectMeta(
+        name=parse_pod, labels={"dagctl/plan-id": plan_id, "dagctl/step": "parse"})))
+
+    with instance_for_test() as instance:
+        review = mark_dead_run(runtime, instance, DagsterRun(job_name="dagctl_review_job", run_id=run_id), "failed")
+        deleted_by_review = list(cluster.deleted)
+        explain = mark_dead_run(runtime, instance, DagsterRun(job_name="jaffle_plan_job", run_id=run_id), "failed")
+
+    assert (review, deleted_by_review) == (False, [])  # not a plan job: it explains nothing
+    assert (explain, cluster.deleted) == (False, [("pod", parse_pod)])  # no plan recorded; its pod deleted
