@@ -785,7 +785,9 @@ class GitMirror:
 
     def _error(self, action: str, stderr: str, *, hint: str) -> DagctlGitError:
         detail = self._scrub(stderr).strip().rstrip(".")
-        if detail.startswith("Timeout: the command"):  # GitPython's words, with the whole command line
+        # GitPython's words (with the whole command line), or git's own low-speed limit over HTTP, which is set
+        # to the same timeout and may fire first: one message for both.
+        if detail.startswith("Timeout: the command") or "operation too slow" in detail.lower():
             detail = f"no answer within {self.network_timeout:g}s, git was stopped"
         if len(detail) > _MAX_STDERR_CHARS:
             detail = "..." + detail[-_MAX_STDERR_CHARS:]
