@@ -701,8 +701,7 @@ class GitMirror:
         )
         try:
             with tarfile.open(fileobj=process.proc.stdout, mode="r|") as archive:
-                # "data" refuses absolute paths, links leading outside the snapshot and device files.
-                archive.extractall(directory, filter="data")
+                extract_data_archive(archive, directory)
             process.wait()
         except (tarfile.TarError, git.GitCommandError, OSError) as error:
             process.proc.kill()
@@ -830,6 +829,36 @@ def _url_passwords(url: str) -> list[str]:
         return [password]
     # A user alone is a secret in http(s) URLs (`https://<token>@github.com/...`), not in ssh ones (`git@`).
     return [user] if match.group("scheme").lower() in ("http://", "https://") else []
+
+
+def extract_data_archive(archive: tarfile.TarFile, directory: Path) -> None:
+    """Extracts `archive` (read as a stream) into `directory` as tarfile's "data" filter does: absolute paths,
+    links leading outside `directory` and device files are refused (`tarfile.TarError` naming the member),
+    and no file keeps a setuid bit or a write bit for others.
+
+    Python 3.11.4 and later have the filter (`extractall(filter="data")`); older 3.11 releases (Debian 12
+    ships 3.11.2) do not, and get the same checks here, member by member.
+    """
+    if hasattr(tarfile, "data_filter"):
+        archive.extractall(directory, filter="data")
+        return
+    root = directory.resolve()
+
+    def inside(path: Path) -> bool:
+        return path == root or root in path.parents
+
+    for member in archive:
+        target = (root / member.name).resolve()
+        if os.path.isabs(member.name) or not inside(target):
+            raise tarfile.TarError(f"'{member.name}' would be written outside the snapshot")
+        if member.issym() or member.islnk():
+            base = target.parent if member.issym() else root
+            if os.path.isabs(member.linkname) or not inside((base / member.linkname).resolve()):
+                raise tarfile.TarError(f"'{member.name}' links to '{member.linkname}', outside the snapshot")
+        elif not (member.isfile() or member.isdir()):
+            raise tarfile.TarError(f"'{member.name}' is a device or special file")
+        member.mode &= 0o755
+        archive.extract(member, directory)
 
 
 def _identities_args(base: str | None, target: str) -> list[str]:
