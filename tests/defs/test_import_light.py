@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 # Top-level packages the code location must not import when it loads.
-HEAVY = ("dagster_dbt", "dbt", "dbt_common", "sqlmesh", "kubernetes", "dagster_k8s", "git")
+HEAVY = ("dagster_dbt", "dbt", "dbt_common", "sqlmesh", "kubernetes", "dagster_k8s", "git", "sqlalchemy")
 
 CONFIG = """
 storage_dir: data
