@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from conftest import (
     ENV,
@@ -69,8 +70,21 @@ def runs_that_built(deployed, *asset_path: str) -> set[str]:
     return {record.event_log_entry.run_id for record in records}
 
 
+@pytest.fixture
+def no_leftover_log_tails(tmp_path):
+    """Stops the `tail -F` processes Dagster's compute log capture starts for the run executed in a thread
+    below (its capture is not torn down there), so the test leaves no process behind."""
+    yield
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.name() == "tail" and any(str(tmp_path) in part for part in child.cmdline()):
+                child.kill()
+        except psutil.NoSuchProcess:
+            continue
+
+
 def test_forged_tag_run_cancelled_during_the_real_execution_changes_nothing_and_mallory_cannot_retry(
-        deployed, tmp_path):
+        deployed, tmp_path, no_leftover_log_tails):
     started, release = tmp_path / "started", tmp_path / "release"
     deployed.configure(protected=True, approvers=["alice", "bob"], dbt_commands=["dbt build"])
     model = HELD_MODEL.format(started=str(started), release=str(release), wait=WAIT_SECONDS)
