@@ -23,8 +23,8 @@ skipped with a message where no server can be started). After each size it measu
 
 Then prints, per storage, each at the largest size divided by each smaller one (target <= 1.5), the tick
 divided by `git ls-remote` (target <= 1.5), the peak Python memory of a sensor tick (with and without
-cursor) at the largest size (tracemalloc, target < 200 MB), and the CPU time of importing the code location
-divided by `import dagster`.
+cursor) at the largest size (tracemalloc, target < 200 MB). The CPU of importing the code location is
+`bench_decision.py`'s.
 
 Run: `.venv/bin/python benchmarks/bench_plan_state.py [--sizes 10,1000,10000] [--dir /dev/shm]
 [--storage both|sqlite|postgres]`. Writing 10,000 plans takes minutes per storage (tens of minutes on a
@@ -87,15 +87,6 @@ def _median(action: Callable[[], object], repeat: int) -> float:
         action()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def _import_cpu(module: str) -> float:
-    """CPU seconds of importing `module` in a fresh interpreter (the code location loads the example)."""
-    code = f"import time; t = time.process_time(); import {module}; print(time.process_time() - t)"
-    env = {**os.environ, "DAGCTL_CONFIG": str(ROOT / "examples" / "dagctl.yaml")}
-    runs = [float(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
-                                 cwd=ROOT, env=env).stdout.split()[-1]) for _ in range(3)]
-    return statistics.median(runs)
 
 
 def _paired_medians(first: Callable[[], object], second: Callable[[], object], repeat: int) -> tuple[float, float]:
@@ -249,9 +240,6 @@ def main() -> None:
             with tempfile.TemporaryDirectory(dir=args.dir) as tmp, postgres_instance(
                     Path(tmp), Path(args.dir) if args.dir else None) as instance:
                 report("PostgreSQL", sizes, *measure(instance, Path(tmp), sizes, args.repeat))
-    location, dagster = _import_cpu("dagctl_dagster.defs.location"), _import_cpu("dagster")
-    print(f"\nCPU of importing the code location / import dagster (target <= 1.5): {location:.2f} s / "
-          f"{dagster:.2f} s = {location / dagster:.2f}")
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@
 The same options as `runner.dbt_parse` (which does the parsing, unchanged). With `--cache-dir` (the
 backend's `parse_cache_claim`), the project's parse state is kept there as `adapters.dbt_manifest.
 DbtParseCache` keeps it locally (this commit's own partial-parse file, else the newest, seeds this parse;
-this commit's is stored after it) and dbt packages under `dbt_packages/`. The pod has no file the run worker can read, so what the
-plan needs comes back as dagster-pipes custom messages in the pod's log:
+this commit's is stored after it) and dbt packages under `dbt_packages/`. The pod has no file the run
+worker can read, so what the plan needs comes back as dagster-pipes custom messages in the pod's log:
 
 - `{"dagctl": "dbt_graph", "index": i, "data": "..."}`: the compact graph (`core.dbt_impact.DbtGraph`, what
   `adapters.dbt_manifest.read_parsed_graph` reads after a parse), as JSON rows, zlib-compressed,

@@ -17,14 +17,16 @@ from adapters.kubernetes.k8s_testing import (
     pipes_line,
 )
 from dagster import instance_for_test, job, op
+from dagster._core.storage.dagster_run import DagsterRun
 from kubernetes.client import V1ObjectMeta, V1Pod
 
 from dagctl_dagster.core.config import parse_deployment_config
 from dagctl_dagster.core.dbt_changes import build_dbt_scope, build_file_change
-from dagctl_dagster.core.plan import Framework, PlanSpec, seal_plan
+from dagctl_dagster.core.plan import Framework, PlanSpec, build_plan_id, seal_plan
 from dagctl_dagster.defs.execution import build_execute_steps
 from dagctl_dagster.defs.kubernetes_steps import delete_run_pods, run_step_in_pod
 from dagctl_dagster.defs.runtime import PlanRuntime
+from dagctl_dagster.defs.sensors import mark_dead_run
 
 DIGEST = "ghcr.io/acme/jaffle@sha256:" + "c" * 64
 CONFIG = """
@@ -122,11 +124,6 @@ def test_the_pods_of_a_dead_run_are_deleted_and_no_other_runs(tmp_path):
 
 
 def test_a_dead_explaining_runs_parse_pod_is_deleted_by_the_failure_sensors_path(tmp_path):
-    from dagster._core.storage.dagster_run import DagsterRun
-
-    from dagctl_dagster.core.plan import build_plan_id
-    from dagctl_dagster.defs.sensors import mark_dead_run
-
     runtime = PlanRuntime(deployment=parse_deployment_config(CONFIG, source="dagctl.yaml"),
                           storage_dir=tmp_path / "data", config_dir=tmp_path)
     cluster = FakeCluster(FakeClock(), [ContainerScript("dagctl-step", ends_at=None)])
@@ -138,7 +135,8 @@ def test_a_dead_explaining_runs_parse_pod_is_deleted_by_the_failure_sensors_path
         name=parse_pod, labels={"dagctl/plan-id": plan_id, "dagctl/step": "parse"})))
 
     with instance_for_test() as instance:
-        review = mark_dead_run(runtime, instance, DagsterRun(job_name="dagctl_review_job", run_id=run_id), "failed")
+        review = mark_dead_run(runtime, instance, DagsterRun(job_name="dagctl_review_job", run_id=run_id),
+                               "failed")
         deleted_by_review = list(cluster.deleted)
         explain = mark_dead_run(runtime, instance, DagsterRun(job_name="jaffle_plan_job", run_id=run_id), "failed")
 
