@@ -644,28 +644,29 @@ class DagctlClient:
             if any(not row.get("partition") for row in rows):  # a history older than partition keys
                 return self._list_unpartitioned(project, environment, wanted, since)
             fresh = [row for row in rows if row["partition"] != INDEX_PARTITION and row["partition"] not in met]
+            reached = _parse_millis(rows[-1]["timestamp"]) if rows else 0.0
             if fresh:
                 new = list(dict.fromkeys(row["partition"] for row in fresh))
                 met.update(new)
                 parsed = _parse_rows(key, fresh)
                 created = {event.plan_id for event in parsed[0] if event.kind is EventKind.CREATED}
                 started_earlier = [plan_id for plan_id in new if plan_id not in created]
-                if started_earlier and len(rows) == walk_page:
+                found = _matching(_build_views(parsed), wanted, since)
+                # A plan that began before this page began before `reached`: when `limit` plans newer than
+                # that are known, it cannot be shown and its older events are not read.
+                if (started_earlier and len(rows) == walk_page
+                        and not _holds_newest(matches + found, limit, reached, strictly=True)):
                     older = _parse_rows(key, self._read_plan_rows(key, started_earlier, cursor=page["cursor"]))
                     parsed = (older[0] + parsed[0], {**older[1], **parsed[1]}, {**older[2], **parsed[2]},
                               {**parsed[3], **older[3]})
-                for plan_id, (first, plan) in _build_views(parsed).items():
-                    if (wanted is None or plan.status is wanted) and (
-                            since is None or plan.state.spec.created_at >= since):
-                        matches.append((first, plan))
+                    found = _matching(_build_views(parsed), wanted, since)
+                matches += found
             if len(rows) < walk_page:
                 break
-            reached = _parse_millis(rows[-1]["timestamp"])
             if since is not None and reached < since.timestamp():
                 break
-            matches.sort(key=lambda item: item[0], reverse=True)
             # A plan not met yet has all its events before `reached`: it cannot be newer than these.
-            if limit and len(matches) >= limit and matches[limit - 1][0] >= reached:
+            if _holds_newest(matches, limit, reached):
                 break
             cursor = page["cursor"]
         return matches
@@ -1103,6 +1104,24 @@ def _parse_rows(
         if policy:
             policies[event.plan_id] = json.loads(policy)
     return events, summaries, policies, firsts
+
+
+def _matching(views: Mapping[str, tuple[float, PlanView]], wanted: PlanStatus | None,
+              since: datetime | None) -> list[tuple[float, PlanView]]:
+    """`(time of the first event, plan)` of the views with status `wanted` created at or after `since`."""
+    return [(first, plan) for first, plan in views.values()
+            if (wanted is None or plan.status is wanted) and (since is None or plan.state.spec.created_at >= since)]
+
+
+def _holds_newest(matches: list[tuple[float, PlanView]], limit: int | None, reached: float, *,
+                  strictly: bool = False) -> bool:
+    """Whether `matches` (sorted here, newest first) hold `limit` plans that began at or after `reached`
+    (after it, `strictly`)."""
+    matches.sort(key=lambda item: item[0], reverse=True)
+    if not limit or len(matches) < limit:
+        return False
+    first = matches[limit - 1][0]
+    return first > reached if strictly else first >= reached
 
 
 def _build_views(

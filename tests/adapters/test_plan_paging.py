@@ -19,7 +19,7 @@ from fixtures.plan_histories import iter_history
 from dagctl_dagster.adapters.graphql import PlanView
 from dagctl_dagster.cli.main import format_plan
 from dagctl_dagster.cli.main import run as run_cli
-from dagctl_dagster.core.lifecycle import PlanStatus, fold_plans
+from dagctl_dagster.core.lifecycle import Decision, EventKind, PlanEvent, PlanStatus, fold_plans
 from dagctl_dagster.defs.store import read_plan_index, record_runless
 
 PLANS = 80
@@ -53,6 +53,28 @@ def test_list_gives_the_newest_plans_first_and_reads_only_those_it_walks_past(hi
     assert (full_reads, len(plan_reads) < PLANS // 2) == ([], True)  # never the whole history with metadata
     # One partition per lookup: a list of partitions makes the event log walk the whole history.
     assert {len(value) for value in by_plan} <= {1}
+
+
+def test_a_late_event_of_an_old_plan_costs_nothing_when_newer_plans_fill_the_page():
+    # Years-old plans receive events (a late approval, a retry): their older events are read only when they
+    # could be among the plans shown, so one page of newest events serves the list whatever the history.
+    events = list(iter_history(random.Random(11), plans=30))
+    oldest = events[0].plan_id
+    late = PlanEvent(plan_id=oldest, kind=EventKind.DECISION, decision=Decision.APPROVE, actor="carol",
+                     at=datetime.now(UTC), comment="late", fingerprint=events[0].spec.fingerprint)
+    states = fold_plans([*events, late])
+    with instance_for_test() as instance:
+        for event in [*events, late]:
+            record_runless(instance, event, project="jaffle", environment="prod")
+        with in_process_client(instance) as (client, session):
+            newest = client.list_plans(limit=3)
+            walks = len(session.calls)
+            everything = client.list_plans(limit=100)
+
+    assert [p.plan_id for p in newest] == _newest_first(states)[:3]
+    assert walks == 2  # the plan assets, then one page of events: the old plan was not read
+    assert [p.plan_id for p in everything] == _newest_first(states)  # when it can be shown, it is read whole
+    assert next(p for p in everything if p.plan_id == oldest).state == states[oldest]
 
 
 def test_status_and_since_filters_match_the_full_fold(history):
