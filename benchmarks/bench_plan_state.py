@@ -19,7 +19,9 @@ skipped with a message where no server can be started). After each size it measu
 - `review decision`: a decision's state read plus `PlanRuntime.record` (summary, policy, the event);
 - `plans list --limit 20` / `--limit 10`: the GraphQL client against Dagster's schema in-process (no
   webserver). At 10 plans, `--limit 20` shows 10 plans and at 10,000 it shows 20, so its 10,000 / 10
-  ratio compares twice the plans (and their events); `--limit 10` shows 10 plans at every size.
+  ratio compares twice the plans (and their events); `--limit 10` shows 10 plans at every size. Then
+  `--limit 20` again after a late decision on the oldest plan (its first event is the history's first);
+- `plans show <the oldest plan>`: the client reading the history's first plan by its partition.
 
 Then prints, per storage, each at the largest size divided by each smaller one (target <= 1.5), the tick
 divided by `git ls-remote` (target <= 1.5), the peak Python memory of a sensor tick (with and without
@@ -114,6 +116,7 @@ def measure(instance: DagsterInstance, root: Path, sizes: list[int], repeat: int
     sensor = defs.resolve_sensor_def("jaffle_plan_sensor")
     cursor: list[str | None] = [None]
     written = plans = 0
+    oldest = None
     for size in sizes:
         start = time.perf_counter()
         for event in history:
@@ -124,6 +127,7 @@ def measure(instance: DagsterInstance, root: Path, sizes: list[int], repeat: int
                 plans += 1
             record_runless(instance, event, project="jaffle", environment="prod")
             written += 1
+            oldest = oldest or (event if event.kind is EventKind.CREATED else None)
         else:
             pending_created = None
         write_s = time.perf_counter() - start
@@ -160,14 +164,24 @@ def measure(instance: DagsterInstance, root: Path, sizes: list[int], repeat: int
         full_tick = _median(lambda: sensor(build_sensor_context(instance=instance, definitions=defs)), repeat)
         with in_process_client(instance) as (client, _):
             client.list_plans(limit=20)  # schema warm-up
+            show_oldest = _median(lambda: client.get_plan(oldest.plan_id), repeat)
+            list_plain = _median(lambda: client.list_plans(limit=20), repeat)
+            # A years-old plan gets an event (a late decision): the newest page names it.
+            record_runless(instance, PlanEvent(
+                plan_id=oldest.plan_id, kind=EventKind.DECISION, decision=Decision.APPROVE, actor="carol",
+                at=datetime.now(UTC), comment="late", fingerprint=oldest.spec.fingerprint),
+                project="jaffle", environment="prod")
             results[size] = {
                 "plan sensor tick": tick_s,
                 "git ls-remote": ls_remote_s,
                 "plan sensor tick without cursor": full_tick,
                 "gate state read": _median(gate_read, repeat),
                 "review decision": _median(decision, repeat),
-                "plans list --limit 20": _median(lambda: client.list_plans(limit=20), repeat),
+                "plans list --limit 20": list_plain,
                 "plans list --limit 10": _median(lambda: client.list_plans(limit=10), repeat),
+                "plans list --limit 20 after a late event of the oldest plan":
+                    _median(lambda: client.list_plans(limit=20), repeat),
+                "plans show <the oldest plan>": show_oldest,
             }
         # The decisions recorded plan events: the next size starts from a moved mark, as after any event.
         print(f"{size:>6} plans ({written} events, written in {write_s:.0f} s): " + ", ".join(
