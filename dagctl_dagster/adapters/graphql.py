@@ -341,42 +341,6 @@ fragment DagctlEntry on MetadataEntry {
 
 
 
-def build_plans_events_query(count: int) -> str:
-    """One request reading the events of `count` plans, each by its own partition (`$p0`, `$p1`...).
-
-    One partition per history field, never a list: Dagster's event log finds one partition's events
-    through its (asset, event type, partition) index, while a list of partitions makes SQLite and
-    PostgreSQL walk the asset's whole history by storage id.
-    """
-    variables = "".join(f", $p{i}: [String!]" for i in range(count))
-    fields = "".join(
-        f"""
-      e{i}: assetEventHistory(limit: $limit, cursor: $cursor, partitions: $p{i},
-                              eventTypeSelectors: [MATERIALIZATION, OBSERVATION]) {{ ...DagctlHistory }}"""
-        for i in range(count))
-    return f"""
-query DagctlPlansEvents($key: AssetKeyInput!, $limit: Int!, $cursor: String{variables}) {{
-  assetOrError(assetKey: $key) {{
-    __typename
-    ... on Asset {{{fields}
-    }}
-  }}
-}}
-fragment DagctlHistory on AssetResultEventHistoryConnection {{
-  cursor
-  results {{
-    __typename
-    ... on MaterializationEvent {{ timestamp partition metadataEntries {{ ...DagctlEntry }} }}
-    ... on ObservationEvent {{ timestamp partition metadataEntries {{ ...DagctlEntry }} }}
-  }}
-}}
-fragment DagctlEntry on MetadataEntry {{
-  label
-  ... on JsonMetadataEntry {{ jsonString }}
-  ... on MarkdownMetadataEntry {{ mdStr }}
-}}"""
-
-
 _REPOSITORIES_QUERY = """
 query DagctlRepositories {
   repositoriesOrError {
@@ -624,13 +588,14 @@ class DagctlClient:
                     limit: int | None) -> list[tuple[float, PlanView]]:
         """`(time of the plan's first event, plan)` of the newest matching plans of one environment.
 
-        Each event is read once: the pages of the walk carry the metadata. A plan first met in a page
-        without its `created` event has its older events read by partition, below that page (`cursor`);
-        its events in the older pages are then passed over.
+        Each event is read once: the pages of the walk carry the metadata. A plan met before its `created`
+        event (a years-old plan with a late decision) gathers its events page by page until that event
+        comes; it costs no request of its own, and when the walk stops it began too early to be shown.
         """
         key = {"path": [PLAN_ASSET_PREFIX, project, environment]}
         matches: list[tuple[float, PlanView]] = []
-        met: set[str] = set()
+        complete: set[str] = set()
+        gathering: dict[str, list[tuple[Mapping[str, Any], PlanEvent | None]]] = {}  # rows so far, newest first
         cursor: str | None = None
         # About six events per plan: a page of 6 x limit events usually holds the newest `limit` plans.
         walk_page = min(_WALK_PAGE, max(30, 6 * limit)) if limit else _WALK_PAGE
@@ -643,33 +608,26 @@ class DagctlClient:
             rows = page["results"]
             if any(not row.get("partition") for row in rows):  # a history older than partition keys
                 return self._list_unpartitioned(project, environment, wanted, since)
-            fresh = [row for row in rows if row["partition"] != INDEX_PARTITION and row["partition"] not in met]
-            reached = _parse_millis(rows[-1]["timestamp"]) if rows else 0.0
-            if fresh:
-                new = list(dict.fromkeys(row["partition"] for row in fresh))
-                met.update(new)
-                parsed = _parse_rows(key, fresh)
-                created = {event.plan_id for event in parsed[0] if event.kind is EventKind.CREATED}
-                started_earlier = [plan_id for plan_id in new if plan_id not in created]
-                found = _matching(_build_views(parsed), wanted, since)
-                # A plan that began before this page began before `reached`: when `limit` plans newer than
-                # that are known, it cannot be shown and its older events are not read.
-                if (started_earlier and len(rows) == walk_page
-                        and not _holds_newest(matches + found, limit, reached, strictly=True)):
-                    older = _parse_rows(key, self._read_plan_rows(key, started_earlier, cursor=page["cursor"]))
-                    parsed = (older[0] + parsed[0], {**older[1], **parsed[1]}, {**older[2], **parsed[2]},
-                              {**parsed[3], **older[3]})
-                    found = _matching(_build_views(parsed), wanted, since)
-                matches += found
+            created: list[str] = []
+            for row in rows:
+                if row["partition"] != INDEX_PARTITION and row["partition"] not in complete:
+                    event = _parse_row(key, row)
+                    gathering.setdefault(row["partition"], []).append((row, event))
+                    if event is not None and event.kind is EventKind.CREATED:
+                        created.append(row["partition"])
+            if created:
+                matches += _matching(_build_views(_collect(
+                    [pair for plan_id in created for pair in gathering.pop(plan_id)])), wanted, since)
+                complete.update(created)
             if len(rows) < walk_page:
-                break
+                return matches  # the whole history: a plan still gathering was never created
+            reached = _parse_millis(rows[-1]["timestamp"])
             if since is not None and reached < since.timestamp():
-                break
-            # A plan not met yet has all its events before `reached`: it cannot be newer than these.
+                return matches
+            # A plan not met yet, or still gathering, began before `reached`: it cannot be newer than these.
             if _holds_newest(matches, limit, reached):
-                break
+                return matches
             cursor = page["cursor"]
-        return matches
 
     def _list_unpartitioned(self, project: str, environment: str, wanted: PlanStatus | None,
                             since: datetime | None) -> list[tuple[float, PlanView]]:
@@ -717,23 +675,6 @@ class DagctlClient:
         """Every plan of an environment, from its whole history (histories without partition keys)."""
         key = {"path": [PLAN_ASSET_PREFIX, project, environment]}
         return {plan_id: plan for plan_id, (_, plan) in _build_views(_parse_rows(key, self._read_rows(key))).items()}
-
-    def _read_plan_rows(self, key: Mapping[str, Any], plan_ids: list[str], *,
-                        cursor: str | None = None) -> list[Mapping[str, Any]]:
-        """The events of these plans (older than `cursor`), each plan's newest first: one request, one
-        bounded lookup per plan (`build_plans_events_query`)."""
-        variables = {"key": key, "limit": _PAGE, "cursor": cursor,
-                     **{f"p{i}": [plan_id] for i, plan_id in enumerate(plan_ids)}}
-        asset = self.transport.execute(build_plans_events_query(len(plan_ids)), variables)["assetOrError"]
-        if asset.get("__typename") != "Asset":
-            return []
-        rows: list[Mapping[str, Any]] = []
-        for i, plan_id in enumerate(plan_ids):
-            page = asset[f"e{i}"]
-            rows += page["results"]
-            if len(page["results"]) == _PAGE:  # a plan with that many events: the rest, page by page
-                rows += self._read_rows(key, partitions=[plan_id], cursor=page["cursor"])
-        return rows  # each plan's events newest first; plans fold on their own, so plans need no order
 
     def _read_rows(self, key: Mapping[str, Any], *, partitions: list[str] | None = None,
                    cursor: str | None = None) -> list[Mapping[str, Any]]:
@@ -1072,29 +1013,43 @@ class DagctlClient:
                     f"plan {plan_id} is still {last.value if last else 'not recorded yet'} after {timeout:.0f}s")
 
 
+def _parse_row(key: Mapping[str, Any], row: Mapping[str, Any]) -> PlanEvent | None:
+    """The plan event a history row carries (`None` for a row without one)."""
+    entries = {entry["label"]: entry for entry in row.get("metadataEntries", [])}
+    raw = entries.get(EVENT_METADATA_KEY, {}).get("jsonString")
+    if not raw:
+        return None
+    try:
+        return PlanEvent.model_validate(json.loads(raw))
+    except (ValueError, ValidationError) as exc:
+        # Never skipped: a skipped rejection would make a dead plan look alive.
+        raise DagctlStateError(
+            f"plan state of {'/'.join(key['path'])} cannot be read: the event recorded at "
+            f"{row.get('timestamp')} (plan {row.get('partition') or 'unknown'}) has an unreadable "
+            f"'{EVENT_METADATA_KEY}' ({str(exc).splitlines()[0]}); use the dagctl version that wrote "
+            "it, or remove the event from the event log") from exc
+
+
 def _parse_rows(
     key: Mapping[str, Any], rows: list[Mapping[str, Any]],
 ) -> tuple[list[PlanEvent], dict[str, str], dict[str, Mapping[str, Any]], dict[str, float]]:
     """The plan events of `rows` (newest first, as the history gives them) in recorded order, the latest
     summary and policy recorded per plan, and the time of each plan's first event."""
+    return _collect([(row, _parse_row(key, row)) for row in rows])
+
+
+def _collect(
+    parsed_rows: list[tuple[Mapping[str, Any], PlanEvent | None]],
+) -> tuple[list[PlanEvent], dict[str, str], dict[str, Mapping[str, Any]], dict[str, float]]:
+    """`_parse_rows` of rows parsed already (newest first)."""
     events: list[PlanEvent] = []
     summaries: dict[str, str] = {}
     policies: dict[str, Mapping[str, Any]] = {}
     firsts: dict[str, float] = {}
-    for row in reversed(rows):
-        entries = {entry["label"]: entry for entry in row.get("metadataEntries", [])}
-        raw = entries.get(EVENT_METADATA_KEY, {}).get("jsonString")
-        if not raw:
+    for row, event in reversed(parsed_rows):
+        if event is None:
             continue
-        try:
-            event = PlanEvent.model_validate(json.loads(raw))
-        except (ValueError, ValidationError) as exc:
-            # Never skipped: a skipped rejection would make a dead plan look alive.
-            raise DagctlStateError(
-                f"plan state of {'/'.join(key['path'])} cannot be read: the event recorded at "
-                f"{row.get('timestamp')} (plan {row.get('partition') or 'unknown'}) has an unreadable "
-                f"'{EVENT_METADATA_KEY}' ({str(exc).splitlines()[0]}); use the dagctl version that wrote "
-                "it, or remove the event from the event log") from exc
+        entries = {entry["label"]: entry for entry in row.get("metadataEntries", [])}
         events.append(event)
         firsts.setdefault(event.plan_id, _parse_millis(row.get("timestamp")))
         summary = entries.get(SUMMARY_METADATA_KEY, {}).get("mdStr")
@@ -1113,15 +1068,10 @@ def _matching(views: Mapping[str, tuple[float, PlanView]], wanted: PlanStatus | 
             if (wanted is None or plan.status is wanted) and (since is None or plan.state.spec.created_at >= since)]
 
 
-def _holds_newest(matches: list[tuple[float, PlanView]], limit: int | None, reached: float, *,
-                  strictly: bool = False) -> bool:
-    """Whether `matches` (sorted here, newest first) hold `limit` plans that began at or after `reached`
-    (after it, `strictly`)."""
+def _holds_newest(matches: list[tuple[float, PlanView]], limit: int | None, reached: float) -> bool:
+    """Whether `matches` (sorted here, newest first) hold `limit` plans that began after `reached`."""
     matches.sort(key=lambda item: item[0], reverse=True)
-    if not limit or len(matches) < limit:
-        return False
-    first = matches[limit - 1][0]
-    return first > reached if strictly else first >= reached
+    return bool(limit) and len(matches) >= limit and matches[limit - 1][0] > reached
 
 
 def _build_views(
