@@ -4,29 +4,32 @@ Writes a randomized history (about six events per plan, realistic specs: `tests/
 through the product's own store function (`record_runless`) into a real instance, growing the same history
 from one size to the next: Dagster's default SQLite instance, then a dagster-postgres instance
 (`examples/dagster-postgres.yaml`) on a throwaway server (`tests/fixtures/postgres.py`; always stopped,
-skipped with a message where no server can be started). After each size it measures (median of `--repeat`):
+skipped with a message where no server can be started). Beside it, a second instance of the same storage
+holds the baseline: the first 10 plans of the same history, with its own remote, deployment and sensor.
+After each size, every line is timed alternately on the large history and on the baseline (medians of
+`--repeat`), so that both see the same load on a shared machine:
 
 - `plan sensor tick`: the real `jaffle_plan_sensor` on a no-change tick (the Git head's version is the
-  newest plan's), evaluated as the daemon evaluates it: with the cursor the previous tick set. The first
-  two ticks after the size's new head are not timed (the first fetches the head into the mirror; both
+  newest plan's), evaluated as the daemon evaluates it: with the cursor the previous tick set. After a new
+  head or a plan event three ticks run untimed (the first fetches a new head into the mirror; the first two
   check in full, the second confirming the first under the same event mark); every timed tick does what
   every later daemon tick does: one `git ls-remote` and one indexed lookup of the plan events' mark.
-  Timed alternately with `git ls-remote` of the same remote, so both see the same load.
+- `git ls-remote`: a plain `git ls-remote` of the large history's remote, timed alternately with its tick.
 - `plan sensor tick without cursor`: the same tick with no cursor, a full check (state read, the version
   file at the head), as after any plan event. Not a target; it shows what the cursor saves.
 - `gate state read`: what `gate` reads for one plan (its state, and the environment's index twice: the
   busy check and the stale check);
 - `review decision`: a decision's state read plus `PlanRuntime.record` (summary, policy, the event);
 - `plans list --limit 20` / `--limit 10`: the GraphQL client against Dagster's schema in-process (no
-  webserver). At 10 plans, `--limit 20` shows 10 plans and at 10,000 it shows 20, so its 10,000 / 10
-  ratio compares twice the plans (and their events); `--limit 10` shows 10 plans at every size. Then
-  `--limit 20` again after a late decision on the oldest plan (its first event is the history's first);
+  webserver). The baseline has 10 plans: `--limit 20` shows 10 there and 20 in the large history (twice
+  the plans and their events); `--limit 10` shows 10 plans on both sides. Then `--limit 20` again after a
+  late decision on each history's oldest plan (its first event is the history's first);
 - `plans show <the oldest plan>`: the client reading the history's first plan by its partition.
 
-Then prints, per storage, each at the largest size divided by each smaller one (target <= 1.5), the tick
-divided by `git ls-remote` (target <= 1.5), the peak Python memory of a sensor tick (with and without
-cursor) at the largest size (tracemalloc, target < 200 MB). The CPU of importing the code location is
-`bench_decision.py`'s.
+Then prints, per storage and size, each line divided by its baseline (target <= 1.5 at 10,000 plans), the
+tick divided by `git ls-remote` at the largest size (target <= 1.5), and the peak Python memory of a sensor
+tick (with and without cursor) at the largest size (tracemalloc, target < 200 MB). The CPU of importing
+the code location is `bench_decision.py`'s.
 
 Run: `.venv/bin/python benchmarks/bench_plan_state.py [--sizes 10,1000,10000] [--dir /dev/shm]
 [--storage both|sqlite|postgres]`. Writing 10,000 plans takes minutes per storage (tens of minutes on a
@@ -45,9 +48,10 @@ import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -70,6 +74,8 @@ from dagctl_dagster.defs.definitions import build_definitions  # noqa: E402
 from dagctl_dagster.defs.runtime import PlanRuntime  # noqa: E402
 from dagctl_dagster.defs.store import get_plan_state, read_plan_index, record_runless  # noqa: E402
 
+BASELINE = 10  # plans in the baseline history, measured alternately with each size
+
 CONFIG = """storage_dir: {storage}
 projects:
   - name: jaffle
@@ -80,15 +86,6 @@ projects:
         protected: true
         approvers: [alice, bob]
 """
-
-
-def _median(action: Callable[[], object], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _paired_medians(first: Callable[[], object], second: Callable[[], object], repeat: int) -> tuple[float, float]:
@@ -102,135 +99,186 @@ def _paired_medians(first: Callable[[], object], second: Callable[[], object], r
     return statistics.median(times[0]), statistics.median(times[1])
 
 
-def measure(instance: DagsterInstance, root: Path, sizes: list[int], repeat: int) -> tuple[dict, float]:
-    """Writes the growing history into `instance` and measures each size; returns the results and the peak
-    Python memory of a sensor tick at the largest size."""
-    history = iter_history(random.Random(2026), plans=sizes[-1])
-    results: dict[int, dict[str, float]] = {}
-    repo = make_repo(root / "repo")
-    config_path = root / "dagctl.yaml"
-    config_path.write_text(CONFIG.format(storage=root / "data", repo=repo.url))
-    runtime = PlanRuntime(deployment=load_deployment_config(config_path), storage_dir=root / "data",
-                          config_dir=root, clock=lambda: datetime.now(UTC))
-    defs = build_definitions(runtime)
-    sensor = defs.resolve_sensor_def("jaffle_plan_sensor")
-    cursor: list[str | None] = [None]
-    written = plans = 0
-    oldest = None
+class World:
+    """One instance with its own Git remote, deployment and plan sensor, written a growing history."""
+
+    def __init__(self, instance: DagsterInstance, root: Path):
+        self.instance = instance
+        root.mkdir(parents=True, exist_ok=True)
+        self.history = iter_history(random.Random(2026), plans=10**9)
+        self.repo = make_repo(root / "repo")
+        config_path = root / "dagctl.yaml"
+        config_path.write_text(CONFIG.format(storage=root / "data", repo=self.repo.url))
+        self.runtime = PlanRuntime(deployment=load_deployment_config(config_path), storage_dir=root / "data",
+                                   config_dir=root, clock=lambda: datetime.now(UTC))
+        self.defs = build_definitions(self.runtime)
+        self.sensor = self.defs.resolve_sensor_def("jaffle_plan_sensor")
+        self.cursor: str | None = None
+        self.written = self.plans = 0
+        self.oldest: PlanEvent | None = None
+        self.next_created: PlanEvent | None = None
+
+    def grow(self, size: int) -> None:
+        """Writes the history up to `size` plans, then commits the newest plan's version to the remote."""
+        if self.next_created is not None and self.plans < size:
+            self._write(self.next_created)
+            self.next_created = None
+        for event in self.history:
+            if event.kind is EventKind.CREATED and self.plans == size:
+                self.next_created = event
+                break
+            self._write(event)
+        newest = read_plan_index(self.instance, "jaffle", "prod").newest  # as a sensor checkpoints all along
+        self.newest_id = newest.plan_id
+        self.repo.commit(f"version {newest.spec.version_new}",
+                         {".dagctl/config.yaml": f"version: '{newest.spec.version_new}'\n"})
+        self.settle()
+
+    def settle(self) -> None:
+        """After a new head or a plan event, the first tick checks in full (and fetches a new head into the
+        mirror); the second checks in full again under the same mark (the settle rule); from the third on, a
+        tick is the steady no-change tick."""
+        for _ in range(3):
+            self.tick()
+
+    def _write(self, event: PlanEvent) -> None:
+        record_runless(self.instance, event, project="jaffle", environment="prod")
+        self.written += 1
+        if event.kind is EventKind.CREATED:
+            self.plans += 1
+            self.oldest = self.oldest or event
+
+    def tick(self) -> None:
+        """As the daemon ticks: with the cursor the previous tick set."""
+        context = build_sensor_context(instance=self.instance, definitions=self.defs, cursor=self.cursor)
+        result = self.sensor(context)
+        self.cursor = context.cursor
+        assert "up to date" in str(result), result
+
+    def full_tick(self) -> None:
+        result = self.sensor(build_sensor_context(instance=self.instance, definitions=self.defs))
+        assert "up to date" in str(result), result
+
+    def ls_remote(self) -> None:
+        subprocess.run(["git", "ls-remote", self.repo.url, "refs/heads/main"], check=True, capture_output=True)
+
+    def gate_read(self) -> None:
+        get_plan_state(self.instance, self.newest_id)
+        read_plan_index(self.instance, "jaffle", "prod")
+        read_plan_index(self.instance, "jaffle", "prod")
+
+    def decision(self) -> None:
+        state = get_plan_state(self.instance, self.newest_id)
+        self.runtime.record(self.instance, PlanEvent(
+            plan_id=state.plan_id, kind=EventKind.DECISION, decision=Decision.APPROVE, actor="carol",
+            at=datetime.now(UTC), comment="benchmark", fingerprint=state.spec.fingerprint))
+
+    def late_decision_on_the_oldest(self) -> None:
+        """A years-old plan gets an event (a late decision): the newest page names it."""
+        assert self.oldest is not None
+        record_runless(self.instance, PlanEvent(
+            plan_id=self.oldest.plan_id, kind=EventKind.DECISION, decision=Decision.APPROVE, actor="carol",
+            at=datetime.now(UTC), comment="late", fingerprint=self.oldest.spec.fingerprint),
+            project="jaffle", environment="prod")
+
+
+def measure(small: World, large: World, sizes: list[int], repeat: int) -> tuple[dict, float]:
+    """Grows `large` through `sizes` and measures each size against `small` (the baseline, `BASELINE` plans)
+    timed alternately; returns `{size: {line: (large s, baseline s)}}` and the peak Python memory of a sensor
+    tick at the largest size."""
+    small.grow(BASELINE)
+    results: dict[int, dict[str, tuple[float, float]]] = {}
     for size in sizes:
         start = time.perf_counter()
-        for event in history:
-            if event.kind is EventKind.CREATED:
-                if plans == size:
-                    pending_created = event
-                    break
-                plans += 1
-            record_runless(instance, event, project="jaffle", environment="prod")
-            written += 1
-            oldest = oldest or (event if event.kind is EventKind.CREATED else None)
-        else:
-            pending_created = None
+        large.grow(size)
         write_s = time.perf_counter() - start
-        index = read_plan_index(instance, "jaffle", "prod")  # a sensor would have checkpointed all along
-        newest = index.newest
-        repo.commit(f"version {newest.spec.version_new}",
-                    {".dagctl/config.yaml": f"version: '{newest.spec.version_new}'\n"})
-
-        def tick():
-            # As the daemon ticks: with the cursor the previous tick set.
-            context = build_sensor_context(instance=instance, definitions=defs, cursor=cursor[0])
-            result = sensor(context)
-            cursor[0] = context.cursor
-            assert "up to date" in str(result), result
-
-        def gate_read():
-            get_plan_state(instance, newest.plan_id)
-            read_plan_index(instance, "jaffle", "prod")
-            read_plan_index(instance, "jaffle", "prod")
-
-        def decision():
-            state = get_plan_state(instance, newest.plan_id)
-            runtime.record(instance, PlanEvent(
-                plan_id=state.plan_id, kind=EventKind.DECISION, decision=Decision.APPROVE, actor="carol",
-                at=datetime.now(UTC), comment="benchmark", fingerprint=state.spec.fingerprint))
-
-        # The new head's first tick fetches it into the mirror and checks in full; the second checks in full
-        # again under the same mark (the settle rule); from the third on, a tick is the steady no-change tick.
-        for _ in range(3):
-            tick()
-        ls_remote = lambda: subprocess.run(["git", "ls-remote", repo.url, "refs/heads/main"], check=True,  # noqa: E731
-                                           capture_output=True)
-        tick_s, ls_remote_s = _paired_medians(tick, ls_remote, repeat)
-        full_tick = _median(lambda: sensor(build_sensor_context(instance=instance, definitions=defs)), repeat)
-        with in_process_client(instance) as (client, _):
+        with in_process_client(large.instance) as (client, _), in_process_client(small.instance) as (base, _):
             client.list_plans(limit=20)  # schema warm-up
-            show_oldest = _median(lambda: client.get_plan(oldest.plan_id), repeat)
-            list_plain = _median(lambda: client.list_plans(limit=20), repeat)
-            # A years-old plan gets an event (a late decision): the newest page names it.
-            record_runless(instance, PlanEvent(
-                plan_id=oldest.plan_id, kind=EventKind.DECISION, decision=Decision.APPROVE, actor="carol",
-                at=datetime.now(UTC), comment="late", fingerprint=oldest.spec.fingerprint),
-                project="jaffle", environment="prod")
-            results[size] = {
-                "plan sensor tick": tick_s,
-                "git ls-remote": ls_remote_s,
-                "plan sensor tick without cursor": full_tick,
-                "gate state read": _median(gate_read, repeat),
-                "review decision": _median(decision, repeat),
-                "plans list --limit 20": list_plain,
-                "plans list --limit 10": _median(lambda: client.list_plans(limit=10), repeat),
-                "plans list --limit 20 after a late event of the oldest plan":
-                    _median(lambda: client.list_plans(limit=20), repeat),
-                "plans show <the oldest plan>": show_oldest,
+            base.list_plans(limit=20)
+            small.settle()  # the last size's decisions moved its mark
+            lines = {
+                "plan sensor tick": (large.tick, small.tick),
+                "git ls-remote (of the large history's remote)": (large.ls_remote, large.tick),
+                "plan sensor tick without cursor": (large.full_tick, small.full_tick),
+                "gate state read": (large.gate_read, small.gate_read),
+                "review decision": (large.decision, small.decision),
+                "plans list --limit 20": (lambda: client.list_plans(limit=20), lambda: base.list_plans(limit=20)),
+                "plans list --limit 10": (lambda: client.list_plans(limit=10), lambda: base.list_plans(limit=10)),
+                "plans show <the oldest plan>": (lambda: client.get_plan(large.oldest.plan_id),
+                                                 lambda: base.get_plan(small.oldest.plan_id)),
             }
+            results[size] = {name: _paired_medians(*actions, repeat) for name, actions in lines.items()}
+            large.late_decision_on_the_oldest()
+            small.late_decision_on_the_oldest()
+            results[size]["plans list --limit 20 after a late event of the oldest plan"] = _paired_medians(
+                lambda: client.list_plans(limit=20), lambda: base.list_plans(limit=20), repeat)
         # The decisions recorded plan events: the next size starts from a moved mark, as after any event.
-        print(f"{size:>6} plans ({written} events, written in {write_s:.0f} s): " + ", ".join(
-            f"{name} {seconds * 1000:.1f} ms" for name, seconds in results[size].items()), flush=True)
-        if pending_created is not None:
-            record_runless(instance, pending_created, project="jaffle", environment="prod")
-            written += 1
-            plans += 1
-    for _ in range(3):
-        tick()
+        print(f"{size:>6} plans ({large.written} events, written in {write_s:.0f} s), against {BASELINE} plans "
+              "timed alternately: " + ", ".join(f"{name} {ms(pair[0])} vs {ms(pair[1])}"
+                                                for name, pair in results[size].items()), flush=True)
+    large.settle()
     tracemalloc.start()
-    tick()
-    full = sensor(build_sensor_context(instance=instance, definitions=defs))
-    assert "up to date" in str(full), full
+    large.tick()
+    large.full_tick()
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     return results, peak
 
 
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
 def report(label: str, sizes: list[int], results: dict, peak: float) -> None:
-    large = results[sizes[-1]]
-    for base in sizes[:-1]:
-        print(f"\n{label}: ratios {sizes[-1]} vs {base} plans (target <= 1.5):")
-        for name, seconds in results[base].items():
-            print(f"  {name}: {large[name] / seconds:.2f}")
-    print(f"{label}: plan sensor tick / git ls-remote at {sizes[-1]} plans (target <= 1.5): "
-          f"{large['plan sensor tick'] / large['git ls-remote']:.2f}")
+    for size in sizes:
+        print(f"\n{label}: {size} plans / {BASELINE} plans, timed alternately (target <= 1.5 at 10,000):")
+        for name, (large, base) in results[size].items():
+            if not name.startswith("git ls-remote"):
+                print(f"  {name}: {large / base:.2f}")
+    ls_remote, tick = results[sizes[-1]]["git ls-remote (of the large history's remote)"]
+    print(f"{label}: plan sensor tick / git ls-remote at {sizes[-1]} plans, timed alternately (target <= 1.5): "
+          f"{tick / ls_remote:.2f} ({ms(tick)} vs {ms(ls_remote)})")
     print(f"{label}: peak Python memory of a sensor tick (with and without cursor) at {sizes[-1]} plans "
           f"(target < 200 MB): {peak / 2**20:.1f} MB", flush=True)
 
 
 @contextmanager
-def postgres_instance(tmp: Path, server_dir: Path | None) -> Iterator[DagsterInstance]:
-    """A dagster-postgres instance (`examples/dagster-postgres.yaml`) on a throwaway server (its data under
-    `server_dir`, which the `postgres` user must reach), always stopped."""
-    with start_postgres(server_dir) as server:
-        database = server.create_database("dagctl_bench_plan_state")
-        saved = {name: os.environ.get(name) for name in server.environ(database)}
-        os.environ.update(server.environ(database))
-        try:
-            (tmp / "home").mkdir(exist_ok=True)
-            with instance_for_test(load_postgres_instance_config(), temp_dir=str(tmp / "home")) as instance:
-                yield instance
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
+def postgres_instances(tmp: Path, server_dir: Path | None) -> Iterator[tuple[DagsterInstance, DagsterInstance]]:
+    """Two dagster-postgres instances (`examples/dagster-postgres.yaml`), each on its own database of one
+    throwaway server (its data under `server_dir`, which the `postgres` user must reach), always stopped."""
+    with start_postgres(server_dir) as server, ExitStack() as stack:
+        instances = []
+        for name in ("baseline", "large"):
+            environ = server.environ(server.create_database(f"dagctl_bench_plan_state_{name}"))
+            saved = {variable: os.environ.get(variable) for variable in environ}
+            os.environ.update(environ)  # the instance's config reads them when it is created
+            try:
+                (tmp / name).mkdir()
+                instances.append(stack.enter_context(
+                    instance_for_test(load_postgres_instance_config(), temp_dir=str(tmp / name))))
+            finally:
+                for variable, value in saved.items():
+                    if value is None:
+                        os.environ.pop(variable, None)
+                    else:
+                        os.environ[variable] = value
+        yield instances[0], instances[1]
+
+
+@contextmanager
+def sqlite_instances(tmp: Path) -> Iterator[tuple[DagsterInstance, DagsterInstance]]:
+    for name in ("baseline", "large"):
+        (tmp / name).mkdir()
+    with instance_for_test(temp_dir=str(tmp / "baseline")) as small, \
+            instance_for_test(temp_dir=str(tmp / "large")) as large:
+        yield small, large
+
+
+def run(label: str, instances: Callable[[Path], Any], sizes: list[int], repeat: int, where: str | None) -> None:
+    with tempfile.TemporaryDirectory(dir=where) as tmp, instances(Path(tmp)) as (small, large):
+        worlds = [World(instance, Path(tmp) / name / "world") for name, instance in (("baseline", small),
+                                                                                      ("large", large))]
+        report(label, sizes, *measure(*worlds, sizes, repeat))
 
 
 def main() -> None:
@@ -243,18 +291,15 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
     if args.storage in ("both", "sqlite"):
-        print("SQLite instance (Dagster's default storage)", flush=True)
-        with tempfile.TemporaryDirectory(dir=args.dir) as tmp, instance_for_test(temp_dir=tmp) as instance:
-            report("SQLite", sizes, *measure(instance, Path(tmp), sizes, args.repeat))
+        print("SQLite instances (Dagster's default storage)", flush=True)
+        run("SQLite", sqlite_instances, sizes, args.repeat, args.dir)
     if args.storage in ("both", "postgres"):
         if args.storage == "both" and find_postgres_bin() is None and not os.environ.get(URL_VARIABLE):
             print(f"\nPostgreSQL skipped: {HOW_TO_ENABLE}")
         else:
-            print("\nPostgreSQL instance (examples/dagster-postgres.yaml, throwaway server)", flush=True)
-            with tempfile.TemporaryDirectory(dir=args.dir) as tmp, postgres_instance(
-                    Path(tmp), Path(args.dir) if args.dir else None) as instance:
-                report("PostgreSQL", sizes, *measure(instance, Path(tmp), sizes, args.repeat))
-
+            print("\nPostgreSQL instances (examples/dagster-postgres.yaml, throwaway server)", flush=True)
+            server_dir = Path(args.dir) if args.dir else None
+            run("PostgreSQL", lambda tmp: postgres_instances(tmp, server_dir), sizes, args.repeat, args.dir)
 
 if __name__ == "__main__":
     main()
