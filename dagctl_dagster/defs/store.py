@@ -23,7 +23,8 @@ Why reads do not grow with history (a design choice, issue 12):
   transaction commits a little after a higher storage id (PostgreSQL) is still read.
 - Whether anything changed at all: `get_plan_event_marks`, the newest storage id of the environment's plan
   events (two max() lookups on the (asset, event type, id) index). The plan sensor remembers it in its cursor
-  and reads nothing else while it and the branch head stay put.
+  and reads nothing else while it and the branch head stay put. On PostgreSQL the lookup uses one connection
+  the code server keeps open, not a new one per tick (`_mark_connection`).
 - `read_plan_states` (the full fold) stays as the reference, and `audit_environment` compares both.
 
 An event whose payload cannot be parsed makes reads of its environment fail with `DagctlStateError`
@@ -33,7 +34,9 @@ read other events and keep working.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from dagster import (
     AssetKey,
@@ -255,10 +258,39 @@ def get_plan_event_marks(instance: DagsterInstance, project: str, environments: 
     if hasattr(storage, "index_connection"):  # the SQL storages (SQLite, PostgreSQL, MySQL)
         from sqlalchemy import text  # here: importing SQLAlchemy costs every run process 0.4 s of CPU
 
-        with storage.index_connection() as conn:
+        with _mark_connection(storage) as conn:
             return {environment: max((v or 0) for v in conn.execute(text(_MARK_SQL), {"key": key}).fetchone())
                     for environment, key in keys.items()}
     return read_plan_event_marks_by_records(instance, project, keys)
+
+
+MARK_CONNECTION_NAME = "dagctl plan sensor"
+_held_engines: dict[str, Any] = {}
+_held_lock = threading.Lock()
+
+
+def _mark_connection(storage: Any) -> Any:
+    """A connection for the mark lookup.
+
+    Dagster's PostgreSQL event log opens a new server connection for every query (`NullPool`, so that
+    short-lived processes hold none), and each sensor evaluation builds a new instance. The plan sensor
+    looks the mark up every tick, so its code server keeps one connection per database open for it (as
+    Dagster's webserver does for its own reads), checked before each use and named
+    `MARK_CONNECTION_NAME` in `pg_stat_activity`. Other storages, and PostgreSQL with a token provider
+    (short-lived credentials), use Dagster's connection.
+    """
+    url = getattr(storage, "postgres_url", None)
+    if not isinstance(url, str) or getattr(storage, "_token_provider", None) is not None:
+        return storage.index_connection()
+    with _held_lock:
+        engine = _held_engines.get(url)
+        if engine is None:
+            from sqlalchemy import create_engine
+
+            engine = _held_engines[url] = create_engine(
+                url, isolation_level="AUTOCOMMIT", pool_size=1, max_overflow=4, pool_pre_ping=True,
+                pool_recycle=600, connect_args={"application_name": MARK_CONNECTION_NAME})
+    return engine.connect()
 
 
 def read_plan_event_marks_by_records(instance: DagsterInstance, project: str,

@@ -9,12 +9,22 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from dagster import SkipReason, build_sensor_context
 
-from conftest import ENV, ON_SQLITE_AND_POSTGRES, PLAN_JOB, PLAN_SENSOR, PROJECT, failure_message, run_requests
+from conftest import (
+    ENV,
+    ON_SQLITE_AND_POSTGRES,
+    PLAN_JOB,
+    PLAN_SENSOR,
+    PROJECT,
+    failure_message,
+    open_instance,
+    run_requests,
+)
 from dagctl_dagster.core.plan import build_plan_id
 from dagctl_dagster.defs.sensors import MAX_PLAN_ATTEMPTS
-from dagctl_dagster.defs.store import get_plan_event_marks, read_plan_event_marks_by_records
+from dagctl_dagster.defs.store import MARK_CONNECTION_NAME, get_plan_event_marks, read_plan_event_marks_by_records
 
 UP_TO_DATE = SkipReason(f"{PROJECT}/{ENV}: up to date")
 
@@ -72,6 +82,26 @@ def test_an_unchanged_head_reuses_the_decision_until_a_rejection_makes_an_older_
 
     assert request.run_key == f"{PROJECT}:{ENV}:{pending.spec.version_new}:{head}"
     assert daemon.remembered() == {}
+
+
+@pytest.mark.parametrize("instance_storage", ["postgres"], indirect=True)
+def test_on_postgresql_the_mark_lookup_keeps_one_named_connection_across_ticks_and_survives_losing_it(
+        deployed, postgres_server, tmp_path, monkeypatch):
+    # Each daemon tick evaluates the sensor on a new instance, whose storage opens a connection per query.
+    database = deployed.instance.event_log_storage.postgres_url.rsplit("/", 1)[1]
+    held = (f"SELECT pid FROM pg_stat_activity WHERE datname = '{database}' "
+            f"AND application_name = '{MARK_CONNECTION_NAME}'")
+    expected = read_plan_event_marks_by_records(deployed.instance, PROJECT, [ENV])
+    (tmp_path / "other").mkdir()
+    with open_instance(tmp_path / "other", postgres_server, database, monkeypatch) as other:
+        marks = [get_plan_event_marks(instance, PROJECT, [ENV]) for instance in (deployed.instance, other)]
+    [[pid]] = postgres_server.fetch(held)
+
+    postgres_server.execute(f"SELECT pg_terminate_backend({pid})")  # a restart, a proxy's idle timeout
+    after = get_plan_event_marks(deployed.instance, PROJECT, [ENV])
+
+    assert marks == [expected, expected] and after == expected
+    assert [pid] != postgres_server.fetch(held) and len(postgres_server.fetch(held)) == 1
 
 
 def test_a_new_head_is_checked_in_full_even_with_a_settled_decision(deployed):
