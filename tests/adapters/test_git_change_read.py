@@ -139,3 +139,26 @@ def test_small_fetches_stay_packed_in_the_mirror(tmp_path):
     # `git log` reads packed commits 3.5 times faster than loose ones; git unpacks small fetches by default.
     assert (counts["count"], counts["packs"]) == ("0", "4")
     assert mirror.commits_ahead(f"{repo.head}~3", repo.head) == 3
+
+
+@pytest.mark.parametrize(
+    ("file_path", "expected"),
+    [
+        ("dbt project/.dagctl/config.yaml", 'version: "7"\n'),  # spaces in the path
+        ("dbt project/missing 12 file.yaml", None),  # a missing file whose name looks like a size
+        ("dbt project/models", None),  # a directory is not a file
+    ],
+)
+def test_the_file_read_with_the_change_is_the_file_at_the_target(tmp_path, file_path, expected):
+    repo = make_repo(tmp_path / "repo")
+    base = repo.head
+    repo.commit("Project in a folder", {"dbt project/.dagctl/config.yaml": 'version: "7"\n',
+                                         "dbt project/models/a.sql": "select 1\n"})
+    mirror = GitMirror(repo.url, tmp_path / "mirror.git")
+    mirror.ensure()
+
+    read = mirror.read_change(base, repo.head, subdirectory="dbt project", file_path=file_path)
+
+    assert read.file_text == mirror.read_file(repo.head, file_path) == expected
+    assert read.info == mirror.commit_info(repo.head)
+    assert [entry.path for entry in read.entries] == [".dagctl/config.yaml", "models/a.sql"]
