@@ -102,9 +102,6 @@ def explain_dbt_plan(
                 "reason": f"{scope.reason} ({len(files)} files changed, the first {MAX_LISTED_FILES} are listed)"})
             files = files[:MAX_LISTED_FILES]
         commands = build_dbt_commands(project.dbt.commands, scope, target=env.dbt_target)
-        info = change.info
-        author = bound_text(requested_by or info.author_name, MAX_AUTHOR_CHARS)
-        message = bound_text(info.message, MAX_MESSAGE_CHARS)
         history = change.history()
     return seal_plan(PlanSpec(
         plan_id=plan_id,
@@ -116,11 +113,11 @@ def explain_dbt_plan(
         version_old=base_version,
         version_new=version,
         triggered_by=triggered_by,
-        author=author,
+        author=bound_text(requested_by or change.info.author_name, MAX_AUTHOR_CHARS),
         authors=tuple(CommitIdentity(name=bound_text(name, MAX_AUTHOR_CHARS),
                                      email=bound_text(email, MAX_AUTHOR_CHARS))
                       for name, email in history.identities),
-        commit_message=message,
+        commit_message=bound_text(change.info.message, MAX_MESSAGE_CHARS),
         commits_ahead=history.ahead,
         files=files,
         dbt_scope=scope,
