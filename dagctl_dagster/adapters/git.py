@@ -634,8 +634,8 @@ class GitMirror:
         committers, the longest read: it parses every commit object) first, then `diff`. The target's commit
         and the file come from a persistent `cat-file --batch` meanwhile. This returns once the diff is read,
         so the caller's own work on the files overlaps the `log`, which `PendingChange.history()` waits for:
-        `detect` costs little more than `git diff` itself. `target` (and `base`) must be full shas. On any
-        failure it falls back to the individual reads, which raise the precise `DagctlGitError`.
+        with two free CPUs, `detect` takes about as long as that `log`. `target` (and `base`) must be full
+        shas. On any failure it falls back to the individual reads, which raise the precise `DagctlGitError`.
 
         Example: `mirror.start_change_read(base, head, subdirectory="dbt", file_path="dbt/.dagctl/config.yaml")`.
         """
