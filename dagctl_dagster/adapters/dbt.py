@@ -17,7 +17,7 @@ from ..core.config import PROJECT_CONFIG_PATH, EnvironmentConfig, ProjectConfig,
 from ..core.dbt_changes import build_dbt_commands, build_dbt_scope, build_file_change
 from ..core.errors import DagctlGitError
 from ..core.plan import CommitIdentity, Framework, PlanSpec, seal_plan
-from .git import ChangeRead, GitMirror
+from .git import GitMirror, PendingChange
 
 MAX_LISTED_FILES = 2000
 MAX_MESSAGE_CHARS = 500
@@ -53,18 +53,18 @@ def _check_subdirectory(mirror: GitMirror, project: ProjectConfig, commit: str) 
         mirror.tree_id(commit, project.subdirectory)
 
 
-def _read_change(mirror: GitMirror, project: ProjectConfig, base_commit: str | None, target_commit: str,
-                 config_path: str) -> tuple[ChangeRead, bool]:
+def _start_change_read(mirror: GitMirror, project: ProjectConfig, base_commit: str | None,
+                       target_commit: str, config_path: str) -> tuple[PendingChange, bool]:
     """The change from `base_commit`, or from nothing when the base is gone (history rewritten): returns
-    the read and whether the base was gone."""
+    the read (its history still being read) and whether the base was gone."""
     try:
-        return mirror.read_change(base_commit, target_commit, subdirectory=project.subdirectory,
-                                  file_path=config_path), False
+        return mirror.start_change_read(base_commit, target_commit, subdirectory=project.subdirectory,
+                                        file_path=config_path), False
     except DagctlGitError:
         if base_commit is None or mirror.has_commit(base_commit) or not mirror.has_commit(target_commit):
             raise
-    return mirror.read_change(None, target_commit, subdirectory=project.subdirectory,
-                              file_path=config_path), True
+    return mirror.start_change_read(None, target_commit, subdirectory=project.subdirectory,
+                                    file_path=config_path), True
 
 
 def explain_dbt_plan(
@@ -88,18 +88,21 @@ def explain_dbt_plan(
                                 triggered_by="sensor", requested_by=None, now=now)
     """
     config_path = _project_path(project, PROJECT_CONFIG_PATH)
-    read, is_base_gone = _read_change(mirror, project, base_commit, target_commit, config_path)
-    if read.file_text is None:
-        _check_subdirectory(mirror, project, target_commit)
-    version = parse_project_repo_config(read.file_text, path=config_path, commit=target_commit).version
-    files = tuple(build_file_change(e.path, e.change_type, e.old_path) for e in read.entries)
-    scope = build_dbt_scope(files, has_base=base_commit is not None, is_base_gone=is_base_gone,
-                            include_downstream=env.include_downstream)
-    if len(files) > MAX_LISTED_FILES:
-        scope = scope.model_copy(update={
-            "reason": f"{scope.reason} ({len(files)} files changed, the first {MAX_LISTED_FILES} are listed)"})
-        files = files[:MAX_LISTED_FILES]
-    info, ahead = read.info, read.ahead
+    change, is_base_gone = _start_change_read(mirror, project, base_commit, target_commit, config_path)
+    with change:
+        # Everything up to the identities is done while `git log` still walks the history.
+        if change.file_text is None:
+            _check_subdirectory(mirror, project, target_commit)
+        version = parse_project_repo_config(change.file_text, path=config_path, commit=target_commit).version
+        files = tuple(build_file_change(e.path, e.change_type, e.old_path) for e in change.entries)
+        scope = build_dbt_scope(files, has_base=base_commit is not None, is_base_gone=is_base_gone,
+                                include_downstream=env.include_downstream)
+        if len(files) > MAX_LISTED_FILES:
+            scope = scope.model_copy(update={
+                "reason": f"{scope.reason} ({len(files)} files changed, the first {MAX_LISTED_FILES} are listed)"})
+            files = files[:MAX_LISTED_FILES]
+        commands = build_dbt_commands(project.dbt.commands, scope, target=env.dbt_target)
+        history = change.history()
     return seal_plan(PlanSpec(
         plan_id=plan_id,
         project=project.name,
@@ -110,14 +113,14 @@ def explain_dbt_plan(
         version_old=base_version,
         version_new=version,
         triggered_by=triggered_by,
-        author=bound_text(requested_by or info.author_name, MAX_AUTHOR_CHARS),
+        author=bound_text(requested_by or change.info.author_name, MAX_AUTHOR_CHARS),
         authors=tuple(CommitIdentity(name=bound_text(name, MAX_AUTHOR_CHARS),
                                      email=bound_text(email, MAX_AUTHOR_CHARS))
-                      for name, email in read.identities),
-        commit_message=bound_text(info.message, MAX_MESSAGE_CHARS),
-        commits_ahead=ahead,
+                      for name, email in history.identities),
+        commit_message=bound_text(change.info.message, MAX_MESSAGE_CHARS),
+        commits_ahead=history.ahead,
         files=files,
         dbt_scope=scope,
-        commands=build_dbt_commands(project.dbt.commands, scope, target=env.dbt_target),
+        commands=commands,
         created_at=now,
     ))
