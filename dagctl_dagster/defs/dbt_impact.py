@@ -118,7 +118,7 @@ def pin_base_manifest(runtime: PlanRuntime, project: ProjectConfig, spec: PlanSp
                         DbtParseCache(runtime.storage_dir / "dbt_parse" / project.name), spec.base_commit or "-")
 
 
-def pins_in_pod(project: ProjectConfig, env: EnvironmentConfig) -> bool:
+def is_pinned_in_pod(project: ProjectConfig, env: EnvironmentConfig) -> bool:
     """Whether the parse pod pins the base manifest itself, on `parse_cache_claim` (where the Kubernetes
     backend keeps the manifests of the project's last plans; the run worker cannot read it)."""
     backend = project.backend_for(env)
@@ -201,7 +201,7 @@ def build_dbt_impact(runtime: PlanRuntime, project: ProjectConfig, env: Environm
     has_base = spec.base_commit is not None and runtime.mirror(project).has_commit(spec.base_commit)
     test_yamls = read_test_yaml_changes(runtime, project, spec) if has_base else {}
     comparable = has_base and is_state_comparable(spec.files, scope, has_base_manifest=True)
-    compare, in_pod = comparable or bool(test_yamls), pins_in_pod(project, env)
+    compare, in_pod = comparable or bool(test_yamls), is_pinned_in_pod(project, env)
     state = pin_base_manifest(runtime, project, spec) if compare and not in_pod else None
     result, graph = _parse(runtime, project, env, spec, state, compare=compare)
     # The pinned manifest's hash (`None`: "no manifest" is pinned): of the run worker's pin, or as the parse
@@ -220,9 +220,8 @@ def build_dbt_impact(runtime: PlanRuntime, project: ProjectConfig, env: Environm
         return scope, DbtImpact(status=ImpactStatus.UNAVAILABLE,
                                 reason=result.get("message", "dbt did not parse"))
     base_hash = pinned if "modified" in result else None
-    if base_hash is not None:
-        if comparable:
-            scope = build_state_scope(scope, result["modified"], graph, base_commit=spec.base_commit or "")
+    if base_hash is not None and comparable:
+        scope = build_state_scope(scope, result["modified"], graph, base_commit=spec.base_commit or "")
     if test_yamls:
         scope = build_test_yaml_scope(scope, test_yamls, graph, modified=result.get("modified"),
                                       base_commit=spec.base_commit or "")
