@@ -18,6 +18,7 @@ MANIFEST = "manifest.json"
 GRAPH_FILE = "dagctl_graph.json"  # runner.dbt_parse.GRAPH_FILE (the runner imports nothing of ours)
 PARTIAL_PARSE = "partial_parse.msgpack"
 TARGET_FILE = "dbt_target"
+PINNED_FROM = "base_commit"  # in a pinned state folder: the commit its manifest is (or would have been) of
 # Sections of the manifest whose entries are graph nodes.
 _SECTIONS = ("nodes", "sources", "exposures", "metrics", "semantic_models", "saved_queries", "unit_tests")
 
@@ -120,3 +121,31 @@ class DbtParseCache:
         staging.rename(self.folder / commit)
         for old in self._entries()[self.keep:]:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def pin_manifest(pinned: Path, cache: DbtParseCache, base_commit: str) -> Path | None:
+    """The folder `pinned` holding the manifest `cache` keeps of `base_commit`, pinned there the first time;
+    `None` when no manifest is pinned.
+
+    The first call decides for good: it copies the kept manifest into `pinned`, or pins "no manifest" (the
+    empty folder) when none is kept. Every later call returns what the first pinned, whatever the cache
+    keeps since, so dbt's state comparison of one plan always sees the same bytes (a manifest of the base
+    commit kept later never changes the scope of an approved plan). The folder appears complete or not at
+    all (renamed into place), so a parse that reads it never sees half a copy. Used by the run worker
+    (`defs.dbt_impact.pin_base_manifest`) and by the parse pod on its claim (`runner.dbt_parse_pod`).
+
+    Example: `pin_manifest(storage / "dbt_state" / "jaffle" / plan_id, cache, base_commit)`.
+    """
+    if not pinned.is_dir():
+        staging = pinned.with_name(f".{pinned.name}.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        (staging / PINNED_FROM).write_text(base_commit)  # never empty: a rename onto it fails
+        base = cache.manifest_of(base_commit)
+        if base is not None:
+            shutil.copy2(base, staging / MANIFEST)
+        try:
+            staging.rename(pinned)
+        except OSError:  # pinned meanwhile by another parse of the same plan: its pin holds
+            shutil.rmtree(staging, ignore_errors=True)
+    return pinned if (pinned / MANIFEST).exists() else None

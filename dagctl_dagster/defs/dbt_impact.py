@@ -31,7 +31,7 @@ from typing import Any
 
 from dagster import MetadataValue, TableColumn, TableRecord, TableSchema, get_dagster_logger
 
-from ..adapters.dbt_manifest import MANIFEST, DbtParseCache, read_parsed_graph
+from ..adapters.dbt_manifest import MANIFEST, DbtParseCache, pin_manifest, read_parsed_graph
 from ..core.config import EnvironmentConfig, KubernetesBackendConfig, ProjectConfig
 from ..core.dbt_changes import DbtScope, Scope, build_dbt_commands
 from ..core.dbt_impact import (
@@ -56,6 +56,7 @@ from ..core.errors import DagctlGitError, DagctlStepError
 from ..core.plan import PlanSpec, seal_plan
 from ..core.steps import StepSpec
 from ..runner.dbt_parse import escape_undecodable
+from ..runner.dbt_parse_pod import BASE_MANIFEST_SHA256
 from .local_backend import build_local_step_env, stream_command_step
 from .runtime import PlanRuntime
 
@@ -109,18 +110,19 @@ def pin_base_manifest(runtime: PlanRuntime, project: ProjectConfig, spec: PlanSp
 
     Pinned per plan (`storage_dir/dbt_state/<project>/<plan id>/manifest.json`) when the plan is explained,
     so the re-resolution at execute compares with the same bytes, whatever the parse cache kept since. When
-    no manifest was kept at explain, the empty folder pins that too: a manifest of the deployed commit kept
-    later (another environment's plan parsed it) never changes the scope of an approved plan at execute.
+    no manifest was kept at explain, a folder without one pins that too: a manifest of the deployed commit
+    kept later (another environment's plan parsed it) never changes the scope of an approved plan at execute
+    (`adapters.dbt_manifest.pin_manifest`, which the parse pod uses on its claim too).
     """
-    pinned = runtime.storage_dir / "dbt_state" / project.name / spec.plan_id
-    if pinned.is_dir():
-        return pinned if (pinned / MANIFEST).exists() else None
-    base = DbtParseCache(runtime.storage_dir / "dbt_parse" / project.name).manifest_of(spec.base_commit or "-")
-    pinned.mkdir(parents=True, exist_ok=True)
-    if base is None:
-        return None
-    shutil.copy2(base, pinned / MANIFEST)
-    return pinned
+    return pin_manifest(runtime.storage_dir / "dbt_state" / project.name / spec.plan_id,
+                        DbtParseCache(runtime.storage_dir / "dbt_parse" / project.name), spec.base_commit or "-")
+
+
+def is_pinned_in_pod(project: ProjectConfig, env: EnvironmentConfig) -> bool:
+    """Whether the parse pod pins the base manifest itself, on `parse_cache_claim` (where the Kubernetes
+    backend keeps the manifests of the project's last plans; the run worker cannot read it)."""
+    backend = project.backend_for(env)
+    return isinstance(backend, KubernetesBackendConfig) and bool(backend.parse_cache_claim)
 
 
 def read_test_yaml_changes(runtime: PlanRuntime, project: ProjectConfig, spec: PlanSpec
@@ -156,15 +158,16 @@ def render_parse_line(commit: str, seeded: str | None, result: dict[str, Any]) -
 
 
 def _parse(runtime: PlanRuntime, project: ProjectConfig, env: EnvironmentConfig, spec: PlanSpec,
-           state: Path | None) -> tuple[dict[str, Any], DbtGraph | None]:
+           state: Path | None, *, compare: bool = False) -> tuple[dict[str, Any], DbtGraph | None]:
     """dbt's parse of the plan's snapshot (its result, and the graph when it parsed): a guarded local process,
     or on the Kubernetes backend a pod of the runner image (there the step's secrets are `secretKeyRef`s of
-    the pod, not variables of the run worker; it parses cold and without `state`: docs/kubernetes.md)."""
+    the pod, not variables of the run worker; with `parse_cache_claim` and `compare`, the pod pins the base
+    manifest on the claim and compares with it itself: docs/kubernetes.md)."""
     backend = project.backend_for(env)
     if isinstance(backend, KubernetesBackendConfig):
         from .kubernetes_steps import parse_dbt_in_pod
 
-        return parse_dbt_in_pod(runtime, project=project, env=env, spec=spec, backend=backend)
+        return parse_dbt_in_pod(runtime, project=project, env=env, spec=spec, backend=backend, compare=compare)
     mirror = runtime.mirror(project)
     snapshot = mirror.export_snapshot(spec.target_commit, runtime.snapshot_dir(project, spec.target_commit),
                                       subdirectory=project.subdirectory)
@@ -198,22 +201,27 @@ def build_dbt_impact(runtime: PlanRuntime, project: ProjectConfig, env: Environm
     has_base = spec.base_commit is not None and runtime.mirror(project).has_commit(spec.base_commit)
     test_yamls = read_test_yaml_changes(runtime, project, spec) if has_base else {}
     comparable = has_base and is_state_comparable(spec.files, scope, has_base_manifest=True)
-    state = pin_base_manifest(runtime, project, spec) if comparable or test_yamls else None
-    if comparable and state is None:
+    compare, in_pod = comparable or bool(test_yamls), is_pinned_in_pod(project, env)
+    state = pin_base_manifest(runtime, project, spec) if compare and not in_pod else None
+    result, graph = _parse(runtime, project, env, spec, state, compare=compare)
+    # The pinned manifest's hash (`None`: "no manifest" is pinned): of the run worker's pin, or as the parse
+    # pod reports its pin on the claim (a pod that ended before it could report leaves it unknown).
+    if in_pod:
+        pinned, known = result.get(BASE_MANIFEST_SHA256), BASE_MANIFEST_SHA256 in result
+    else:
+        pinned, known = hashlib.sha256((state / MANIFEST).read_bytes()).hexdigest() if state else None, True
+    if comparable and known and pinned is None:
         scope = scope.model_copy(update={"reason": f"{scope.reason} (dbt's state comparison cannot narrow it: "
                                           f"no manifest of the deployed commit {spec.base_commit[:12]} is kept)"})
-    result, graph = _parse(runtime, project, env, spec, state)
     outcome = result.get("outcome")
     if outcome == "project_error":
         return scope, DbtImpact(status=ImpactStatus.PROJECT_ERROR, reason=result["message"])
     if graph is None:
         return scope, DbtImpact(status=ImpactStatus.UNAVAILABLE,
                                 reason=result.get("message", "dbt did not parse"))
-    base_hash = None
-    if state is not None and "modified" in result:
-        base_hash = hashlib.sha256((state / MANIFEST).read_bytes()).hexdigest()
-        if comparable:
-            scope = build_state_scope(scope, result["modified"], graph, base_commit=spec.base_commit or "")
+    base_hash = pinned if "modified" in result else None
+    if base_hash is not None and comparable:
+        scope = build_state_scope(scope, result["modified"], graph, base_commit=spec.base_commit or "")
     if test_yamls:
         scope = build_test_yaml_scope(scope, test_yamls, graph, modified=result.get("modified"),
                                       base_commit=spec.base_commit or "")

@@ -213,7 +213,8 @@ PARSE_CACHE_DIR = "/dagctl/parse-cache"
 
 
 def build_dbt_parse_pod_step(project: ProjectConfig, env: EnvironmentConfig, spec: PlanSpec,
-                             backend: KubernetesBackendConfig, checkout: GitCheckout) -> StepSpec:
+                             backend: KubernetesBackendConfig, checkout: GitCheckout, *,
+                             compare: bool = False) -> StepSpec:
     """The parse step of a dbt plan as its pod runs it: `runner.dbt_parse_pod` on the runner image, in the
     checkout of the pinned commit, with the environment's declared step environment (its secrets become
     `secretKeyRef`s of the pod) and the plan's labels.
@@ -223,8 +224,9 @@ def build_dbt_parse_pod_step(project: ProjectConfig, env: EnvironmentConfig, spe
     runner image with that adapter (docs/kubernetes.md). `profiles.yml` comes from the project folder, or
     from `dbt_profiles_secret`, as for `execute`. With `parse_cache_claim`, the parse state of the project's
     last plans and its dbt packages are kept on that claim (`--cache-dir`), so dbt parses partially;
-    without it, the pod keeps no files between plans and dbt parses cold. Never `--state`: the run worker
-    cannot read the claim, so the state comparison has no base manifest.
+    without it, the pod keeps no files between plans and dbt parses cold. With the claim and `compare` (the
+    run worker wants dbt's state comparison), the pod pins the deployed commit's manifest for the plan on
+    the claim and compares with it (`--plan-id`, `--base-commit`): the run worker cannot read the claim.
     """
     from .execution import plan_labels
     from .sqlmesh_plans import build_declared_step
@@ -233,7 +235,9 @@ def build_dbt_parse_pod_step(project: ProjectConfig, env: EnvironmentConfig, spe
     argv = ("python", "-m", "dagctl_dagster.runner.dbt_parse_pod", "--project-dir", checkout.project_dir,
             "--target-path", target_path, "--target", env.dbt_target, "--output", f"{PARSE_DIR}/result.json",
             *(("--cache-dir", f"{PARSE_CACHE_DIR}/{project.name}", "--commit", spec.target_commit)
-              if backend.parse_cache_claim else ()))
+              if backend.parse_cache_claim else ()),
+            *(("--plan-id", spec.plan_id, "--base-commit", spec.base_commit)
+              if backend.parse_cache_claim and compare and spec.base_commit else ()))
     return build_declared_step(
         project, env, name="parse", argv=argv, working_dir=checkout.project_dir, image=backend.runner_image,
         env_vars={"DBT_PROFILES_DIR": checkout.project_dir, "DBT_LOG_PATH": target_path,
@@ -248,9 +252,12 @@ def parse_dbt_in_pod(
     env: EnvironmentConfig,
     spec: PlanSpec,
     backend: KubernetesBackendConfig,
+    compare: bool = False,
 ) -> tuple[dict[str, Any], Any | None]:
     """dbt's parse of `spec`'s pinned commit in a pod; returns the parse result and the graph (`DbtGraph`,
-    `None` unless dbt parsed), as `defs.dbt_impact` resolves the plan's impact on them.
+    `None` unless dbt parsed), as `defs.dbt_impact` resolves the plan's impact on them. With `compare` and
+    `parse_cache_claim`, the result also has dbt's `modified` nodes and `base_manifest_sha256`, the hash
+    of the manifest the pod pinned for the plan on the claim (`None`: none is kept there).
 
     The pod is a step pod like `execute`'s (restricted, labels, timeouts, log following, deleted unless it
     failed in its container and failed pods are kept); it may take at most `parse_timeout_seconds`, and a
@@ -267,7 +274,7 @@ def parse_dbt_in_pod(
     context = OpExecutionContext.get()
     api_client = runtime.kubernetes_client() if runtime.kubernetes_client is not None else None
     checkout = build_checkout(runtime, project, spec)
-    step = build_dbt_parse_pod_step(project, env, spec, backend, checkout)
+    step = build_dbt_parse_pod_step(project, env, spec, backend, checkout, compare=compare)
     bounded = backend.model_copy(update={"timeout_seconds": min(backend.timeout_seconds,
                                                                 backend.parse_timeout_seconds)})
     try:

@@ -1,20 +1,30 @@
 """The `parse` step of a dbt plan inside a pod: dbt's parse of the pinned commit, reported over dagster-pipes.
 
     python -m dagctl_dagster.runner.dbt_parse_pod --project-dir DIR --target-path DIR --target T --output FILE \
-        [--cache-dir DIR --commit SHA]
+        [--cache-dir DIR --commit SHA [--plan-id ID --base-commit SHA]]
 
 The same options as `runner.dbt_parse` (which does the parsing, unchanged). With `--cache-dir` (the
 backend's `parse_cache_claim`), the project's parse state is kept there as `adapters.dbt_manifest.
 DbtParseCache` keeps it locally (this commit's own partial-parse file, else the newest, seeds this parse;
-this commit's is stored after it) and dbt packages under `dbt_packages/`. The pod has no file the run
-worker can read, so what the plan needs comes back as dagster-pipes custom messages in the pod's log:
+this commit's is stored after it) and dbt packages under `dbt_packages/`.
+
+With `--plan-id` and `--base-commit` too (the run worker wants dbt's state comparison: a macro change, or
+YAMLs whose only change is in their data tests), the pod pins the base commit's kept manifest for the plan
+on the claim (`dbt_state/<plan id>/`, `adapters.dbt_manifest.pin_manifest`: the run worker pins in its
+storage the same way on the local backend), passes that folder to `runner.dbt_parse` as `--state` when it
+holds a manifest, and adds `"base_manifest_sha256"` to the result: the pinned manifest's hash, or `null`
+when "no manifest" is pinned. The first parse of a plan pins; the re-parse at execute finds the same pin.
+
+The pod has no file the run worker can read, so what the plan needs comes back as dagster-pipes custom
+messages in the pod's log:
 
 - `{"dagctl": "dbt_graph", "index": i, "data": "..."}`: the compact graph (`core.dbt_impact.DbtGraph`, what
   `adapters.dbt_manifest.read_parsed_graph` reads after a parse), as JSON rows, zlib-compressed,
   base64-encoded and cut into chunks of `CHUNK_CHARS`;
 - then `{"dagctl": "dbt_parse", "result": {...}, "graph": {"chunks": n, "sha256": "..."} | null}`: the
-  parse result (`outcome`, `mode`, `seconds`, `modified`, `message`, as `runner.dbt_parse` writes it) and
-  how to check the graph. It comes last: a run worker that reads it has read every chunk before it.
+  parse result (`outcome`, `mode`, `seconds`, `modified`, `message`, as `runner.dbt_parse` writes it, and
+  `base_manifest_sha256`) and how to check the graph. It comes last: a run worker that reads it has read
+  every chunk before it.
 
 Why the graph and not the resolved impact: resolving (the `path:` selection, dbt's state comparison
 narrowing a macro change, downstream distances, the fingerprint's material) stays in one place, the run
@@ -43,6 +53,8 @@ from .dbt_parse import GRAPH_FIELDS as _ROW  # the graph file's columns: one lis
 CHUNK_CHARS = 3500
 GRAPH_MESSAGE = "dbt_graph"
 RESULT_MESSAGE = "dbt_parse"
+# The result's field for the manifest pinned on the claim (its sha256, or None when none is pinned).
+BASE_MANIFEST_SHA256 = "base_manifest_sha256"
 
 
 def build_parse_messages(result: dict[str, Any], graph: Any | None) -> Iterator[dict[str, Any]]:
@@ -105,6 +117,26 @@ def _keep_going(action: Any, pipes: Any, what: str) -> None:
         pipes.log.warning(f"could not {what} the parse cache: {error}; dbt parses without it")
 
 
+def _pin_base_manifest(pipes: Any, cache_dir: Path, cache: Any, plan_id: str, base_commit: str) -> dict[str, Any]:
+    """Pins the base commit's kept manifest for the plan on the claim; returns what the result reports:
+    `{BASE_MANIFEST_SHA256: <the pinned manifest's sha256, or None when "no manifest" is pinned>}`, or
+    nothing when the claim could not be used (the plan is then not narrowed, and the run log says why)."""
+    from ..adapters.dbt_manifest import MANIFEST, pin_manifest
+
+    try:
+        pinned = pin_manifest(cache_dir / "dbt_state" / plan_id, cache, base_commit)
+        digest = hashlib.sha256((pinned / MANIFEST).read_bytes()).hexdigest() if pinned is not None else None
+    except OSError as error:
+        pipes.log.warning(f"could not pin the base manifest of plan {plan_id} on the parse cache: {error}; "
+                          "dbt's state comparison does not narrow the plan")
+        return {}
+    pipes.log.info(f"state comparison of plan {plan_id}: " + (
+        f"the manifest of commit {base_commit[:12]} pinned on the claim (sha256 {digest[:12]})" if digest
+        else f"no manifest of commit {base_commit[:12]} is pinned on the claim (none was kept when the plan "
+             "was first parsed)"))
+    return {BASE_MANIFEST_SHA256: digest}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from dagster_pipes import open_dagster_pipes
 
@@ -118,20 +150,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", required=True, type=Path)
     parser.add_argument("--cache-dir", default=None, type=Path)
     parser.add_argument("--commit", default=None)
+    parser.add_argument("--plan-id", default=None)
+    parser.add_argument("--base-commit", default=None)
     known, rest = parser.parse_known_args(argv)
     parse_argv = ["--target-path", str(known.target_path), "--target", known.target, "--output", str(known.output),
                   *rest]
     cache = DbtParseCache(known.cache_dir / "dbt_parse") if known.cache_dir and known.commit else None
+    pinned: dict[str, Any] = {}
     with open_dagster_pipes() as pipes:
         known.output.parent.mkdir(parents=True, exist_ok=True)
         if cache is not None:
             parse_argv += ["--packages-cache", str(known.cache_dir / "dbt_packages")]
             _keep_going(lambda: cache.seed(known.target_path, target=known.target, commit=known.commit), pipes, "read")
+            if known.plan_id and known.base_commit:
+                pinned = _pin_base_manifest(pipes, known.cache_dir, cache, known.plan_id, known.base_commit)
+                if pinned.get(BASE_MANIFEST_SHA256):
+                    parse_argv += ["--state", str(known.cache_dir / "dbt_state" / known.plan_id)]
         dbt_parse.main(parse_argv)
         if known.output.exists():
             result = json.loads(known.output.read_text())
         else:
             result = {"outcome": "environment_error", "message": "dbt's parse wrote no result"}
+        result.update(pinned)
         graph = None
         if result.get("outcome") == "parsed":
             graph = read_parsed_graph(known.target_path)

@@ -12,6 +12,7 @@ the copy of each manifest that podman plays (`adapt_for_podman`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -40,11 +41,12 @@ from dagctl_dagster.adapters.kubernetes.specs import (
 from dagctl_dagster.adapters.dbt_manifest import read_dbt_graph
 from dagctl_dagster.adapters.sqlmesh import explain_sqlmesh_plan
 from dagctl_dagster.core.config import ProjectConfig
-from dagctl_dagster.core.dbt_impact import build_selective_impact
+from dagctl_dagster.core.dbt_changes import DbtScope, Scope
+from dagctl_dagster.core.dbt_impact import build_selective_impact, build_state_scope
 from dagctl_dagster.core.kubernetes_config import KubernetesBackendConfig
 from dagctl_dagster.core.plan import PlanSpec
 from dagctl_dagster.core.steps import StepSpec
-from dagctl_dagster.defs.kubernetes_steps import build_dbt_parse_pod_step
+from dagctl_dagster.defs.kubernetes_steps import PARSE_CACHE_DIR, build_dbt_parse_pod_step
 from dagctl_dagster.runner.dbt_parse_pod import read_parse_messages
 
 pytestmark = pytest.mark.image
@@ -185,14 +187,16 @@ class PodmanPodLogs:
 
 
 def adapt_for_podman(pod: dict[str, Any], secret_folders: dict[str, str], shared_folders: list[str]) -> dict[str, Any]:
-    """A copy of `pod` that podman 4.3 plays: secret volumes named in `secret_folders` become host folders
-    (podman cannot read Kubernetes secrets), and each of `shared_folders` is mounted at the same path in
-    the step container (the example projects' DuckDB files, which production keeps in databases)."""
+    """A copy of `pod` that podman 4.3 plays: secret and claim volumes named in `secret_folders` become host
+    folders (podman cannot read Kubernetes secrets, nor bind a PersistentVolumeClaim), and each of
+    `shared_folders` is mounted at the same path in the step container (the example projects' DuckDB files,
+    which production keeps in databases)."""
     copy = json.loads(json.dumps(pod))
     spec = copy["spec"]
     for volume in spec.get("volumes", []):
         if volume["name"] in secret_folders:
             volume.pop("secret", None)
+            volume.pop("persistentVolumeClaim", None)
             volume["hostPath"] = {"path": secret_folders[volume["name"]], "type": "Directory"}
     step = spec["containers"][0]
     for index, folder in enumerate(shared_folders):
@@ -349,37 +353,55 @@ def test_sqlmesh_apply_pod_checks_out_the_pinned_commit_verifies_and_applies(git
 
 def test_dbt_parse_pod_reports_the_impact_the_local_parse_finds(jaffle_daemon, tmp_path):
     """The parse pod of a dbt plan on the Kubernetes backend, as `kubernetes_steps` generates it (runner
-    image, checkout of the pinned commit, restricted, profiles from `dbt_profiles_secret`), played by
-    podman: the graph and result it sends back over pipes give the impact dbt's local parse gives."""
+    image, checkout of the pinned commit, restricted, profiles from `dbt_profiles_secret`, `parse_cache_claim`
+    mounted), played by podman: the graph and result it sends back over pipes give the impact dbt's local
+    parse gives, and dbt's state comparison in the pod against the deployed commit's manifest kept on the
+    claim (the local parse's, with the macro `cents_to_dollars` as that commit had it) finds `orders`."""
     repository, commit, work = jaffle_daemon
     profiles = tmp_path / "profiles"
     shutil.copytree(ROOT / "examples" / "dbt_profiles", profiles)
-    project = ProjectConfig.model_validate({
-        "name": "jaffle", "framework": "dbt", "repository": repository, "environments": [{"name": "prod"}],
-        "step_env": {"env": {"DAGCTL_WAREHOUSE_DIR": "/tmp"}},
-        "backend": {"type": "kubernetes", "namespace": "analytics", "runner_image": IMAGE, "registry": "localhost",
-                    "git_image": IMAGE, "dbt_profiles_secret": "dbt-profiles"}})
-    spec = PlanSpec.model_construct(plan_id="jaffle-prod-0001", project="jaffle", environment="prod",
-                                    target_commit=commit)
-    checkout = GitCheckout(repository, commit)
-    step = build_dbt_parse_pod_step(project, project.environments[0], spec, project.backend, checkout)
-    manifest = build_step_pod(step, project.backend, pod_name="dagctl-test-dbt-parse", checkout=checkout)
-
-    _, exit_code, inspect, messages = play_step_pod(manifest, step, tmp_path, {"dbt-profiles": str(profiles)})
-    result, graph = read_parse_messages(messages)
-
-    assert exit_code == 0
-    assert_ran_restricted(inspect)
-    assert (result["outcome"], result["mode"]) == ("parsed", "cold"), result
     local_target = tmp_path / "local-target"
     environ = {"DBT_PROFILES_DIR": str(profiles), "DAGCTL_WAREHOUSE_DIR": str(tmp_path)}
     subprocess.run([sys.executable, "-m", "dagctl_dagster.runner.dbt_parse", "--project-dir", str(work),
                     "--target-path", str(local_target), "--target", "prod", "--output", str(tmp_path / "local.json")],
                    env={**os.environ, **environ}, check=True, timeout=600)
     assert json.loads((tmp_path / "local.json").read_text())["outcome"] == "parsed"
+    deployed, claim = "d" * 40, tmp_path / "claim"
+    kept = json.loads((local_target / "manifest.json").read_text())
+    macro = kept["macros"]["macro.jaffle.cents_to_dollars"]
+    macro["macro_sql"] = macro["macro_sql"].replace("decimal(18, 4)", "decimal(20, 4)")
+    (claim / "jaffle" / "dbt_parse" / deployed).mkdir(parents=True)
+    (claim / "jaffle" / "dbt_parse" / deployed / "manifest.json").write_text(json.dumps(kept))
+    for folder in (claim, claim / "jaffle", claim / "jaffle" / "dbt_parse", claim / "jaffle" / "dbt_parse" / deployed):
+        os.chmod(folder, 0o777)  # writable by the image's user, as the pod's fsGroup makes a claim
+    project = ProjectConfig.model_validate({
+        "name": "jaffle", "framework": "dbt", "repository": repository, "environments": [{"name": "prod"}],
+        "step_env": {"env": {"DAGCTL_WAREHOUSE_DIR": "/tmp"}},
+        "backend": {"type": "kubernetes", "namespace": "analytics", "runner_image": IMAGE, "registry": "localhost",
+                    "git_image": IMAGE, "dbt_profiles_secret": "dbt-profiles", "parse_cache_claim": "parse-cache"}})
+    spec = PlanSpec.model_construct(plan_id="jaffle-prod-0001", project="jaffle", environment="prod",
+                                    target_commit=commit, base_commit=deployed)
+    checkout = GitCheckout(repository, commit)
+    step = build_dbt_parse_pod_step(project, project.environments[0], spec, project.backend, checkout, compare=True)
+    manifest = build_step_pod(step, project.backend, pod_name="dagctl-test-dbt-parse", checkout=checkout,
+                              claims={PARSE_CACHE_DIR: "parse-cache"})
+
+    _, exit_code, inspect, messages = play_step_pod(manifest, step, tmp_path, {"dbt-profiles": str(profiles),
+                                                                               "claim-0": str(claim)})
+    result, graph = read_parse_messages(messages)
+
+    assert exit_code == 0
+    assert_ran_restricted(inspect)
+    assert (result["outcome"], result["mode"]) == ("parsed", "cold"), result
     local = read_dbt_graph(local_target / "manifest.json")
     assert graph.content_hash() == local.content_hash()
     selection = ("path:models/staging/stg_orders.sql",)
     assert build_selective_impact(graph, selection, parse=None) == build_selective_impact(local, selection, parse=None)
     assert {node.unique_id for node in build_selective_impact(graph, selection, parse=None).downstream} == {
         "model.jaffle.orders", "model.jaffle.customers"}
+    pinned = claim / "jaffle" / "dbt_state" / "jaffle-prod-0001" / "manifest.json"
+    assert result["base_manifest_sha256"] == hashlib.sha256(pinned.read_bytes()).hexdigest()
+    narrowed = build_state_scope(DbtScope(scope=Scope.ALL, reason="macros changed"), result["modified"], graph,
+                                 base_commit=deployed)
+    assert narrowed.selection == ("fqn:jaffle.marts.orders",)
+    assert (claim / "jaffle" / "dbt_parse" / commit / "partial_parse.msgpack").exists()

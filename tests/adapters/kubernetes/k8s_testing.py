@@ -4,8 +4,12 @@ cluster at the client boundary."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import kubernetes
@@ -232,6 +236,74 @@ class FakeCluster:
     def client(self) -> DagsterKubernetesClient:
         return DagsterKubernetesClient(batch_api=self, core_api=self, logger=lambda *_: None,
                                        sleeper=self.clock.sleep, timer=self.clock.time)
+
+
+class PlayedCluster(FakeCluster):
+    """A fake cluster whose pods run for real: each pod created is played at once (`play_pod`), and the
+    output of its main container becomes that container's log, which the code under test then follows.
+
+    `claims` and `secrets` give the folders a PersistentVolumeClaim and a secret volume stand for (by claim
+    and secret name); `environ` completes each container's environment (PATH, HOME: the image's own).
+    """
+
+    def __init__(self, root: Path, *, claims: dict[str, Path] | None = None,
+                 secrets: dict[str, Path] | None = None, environ: dict[str, str] | None = None):
+        init = [ContainerScript(name, init=True, starts_at=1 + index, ends_at=2 + index)
+                for index, name in enumerate(("git-init", "git-fetch", "git-checkout"))]
+        super().__init__(FakeClock(), [*init, ContainerScript("dagctl-step", starts_at=5, ends_at=30)])
+        self.root = root
+        self.claims = claims or {}
+        self.secrets = secrets or {}
+        self.environ = environ or {}
+
+    def create_namespaced_pod(self, namespace: str, body: V1Pod) -> None:
+        super().create_namespaced_pod(namespace, body)
+        code, lines = play_pod(self.created_pods[-1], Path(tempfile.mkdtemp(dir=self.root)),
+                               claims=self.claims, secrets=self.secrets, environ=self.environ)
+        self.containers[-1].lines, self.containers[-1].exit_code = lines, code
+
+
+def play_pod(pod: dict[str, Any], scratch: Path, *, claims: dict[str, Path], secrets: dict[str, Path],
+             environ: dict[str, str]) -> tuple[int, list[str]]:
+    """Runs a pod manifest's containers as local processes, init containers first (one that fails fails
+    the test); returns the main container's exit code and output (stdout and stderr, as a container log
+    interleaves them).
+
+    Each container sees only its own volume mounts: every argument, working directory and variable value
+    under a mount path is moved to the folder that volume stands for (an `emptyDir` a new folder in
+    `scratch`, a claim or a secret the folder given for its name), so a path the pod does not mount is not
+    there. Variables from `secretKeyRef` are left out, `python` is this interpreter (the runner image's).
+    """
+    folders: dict[str, Path] = {}
+    for volume in pod["spec"].get("volumes", []):
+        if "emptyDir" in volume:
+            folders[volume["name"]] = scratch / volume["name"]
+            folders[volume["name"]].mkdir()
+        elif "persistentVolumeClaim" in volume:
+            folders[volume["name"]] = claims[volume["persistentVolumeClaim"]["claimName"]]
+        elif "secret" in volume:
+            folders[volume["name"]] = secrets[volume["secret"]["secretName"]]
+    done = None
+    for container in [*pod["spec"].get("initContainers", []), *pod["spec"]["containers"]]:
+        if done is not None and done.returncode != 0:
+            pytest.fail(f"init container of {pod['metadata']['name']} failed: {done.stdout[-2000:]}")
+        mounts = {mount["mountPath"]: folders[mount["name"]] for mount in container.get("volumeMounts", [])}
+        argv = [_localize(arg, mounts) for arg in container["command"]]
+        if argv[0] == "python":
+            argv[0] = sys.executable
+        env = {**environ, **{item["name"]: _localize(item["value"], mounts) for item in container.get("env", [])
+                             if "value" in item}}
+        done = subprocess.run(argv, env=env, cwd=_localize(container.get("workingDir", str(scratch)), mounts),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return done.returncode, done.stdout.splitlines()
+
+
+def _localize(value: str, mounts: dict[str, Path]) -> str:
+    """`value` with a leading mount path replaced by the folder mounted there (the longest path wins)."""
+    for path in sorted(mounts, key=len, reverse=True):
+        if value == path or value.startswith(path + "/"):
+            return str(mounts[path]) + value[len(path):]
+    return value
 
 
 def pipes_line(method: str, params: dict) -> str:

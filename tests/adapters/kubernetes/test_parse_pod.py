@@ -5,12 +5,18 @@ The pod's log is real: `python -m dagctl_dagster.runner.dbt_parse_pod` runs once
 pinned commit of the example project, as a dagster-pipes process of a real Dagster run, and its output is
 what the faked cluster (at the client boundary, `FakeCluster`) serves as the pod's log. `detect`'s
 `attach_dbt_impact` then runs in real Dagster runs against that cluster and against the local backend.
+
+dbt's state comparison with `parse_cache_claim` is shown on a cluster that plays each pod it is given
+(`PlayedCluster`): the pod the run worker generates runs for real (its git init containers, then the
+runner, with the claim a folder), so what is tested is the pod's own command line and mounts.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -23,13 +29,21 @@ import pytest
 from dagster import DagsterInstance, PipesEnvContextInjector, instance_for_test, job, op, open_pipes_session
 from dagster_k8s.pipes import PipesK8sPodLogsMessageReader
 from fixtures.git_repos import DBT_PROFILES, GitRepo, make_repo, run_git
-from k8s_testing import RUNNER_IMAGE, ContainerScript, FakeClock, FakeCluster, assert_valid_manifest, pipes_line
+from k8s_testing import (
+    RUNNER_IMAGE,
+    ContainerScript,
+    FakeClock,
+    FakeCluster,
+    PlayedCluster,
+    assert_valid_manifest,
+    pipes_line,
+)
 from pod_security import pod_security_violations
 
 from dagctl_dagster.adapters.dbt import explain_dbt_plan
 from dagctl_dagster.core.config import parse_deployment_config
 from dagctl_dagster.core.dbt_impact import ImpactStatus, ParseMode
-from dagctl_dagster.core.plan import PlanSpec
+from dagctl_dagster.core.plan import PlanSpec, seal_plan
 from dagctl_dagster.defs.dbt_impact import attach_dbt_impact
 from dagctl_dagster.defs.runtime import PlanRuntime
 from dagctl_dagster.runner.dbt_parse_pod import build_parse_messages
@@ -83,13 +97,16 @@ def build_runtime(world: World, backend: str, storage: Path) -> PlanRuntime:
                        config_dir=world.root)
 
 
-def explain(runtime: PlanRuntime, world: World) -> PlanSpec:
+def explain(runtime: PlanRuntime, world: World, *, plan_id: str = "jaffle-prod-0123abcd",
+            target: str | None = None, base: str | None | bool = True) -> PlanSpec:
+    """The Git-only plan of `world` (from `base` to `target`: by default its own; `base=None`: the first
+    deployment)."""
     project = runtime.deployment.projects[0]
     runtime.mirror(project).ensure()
     return explain_dbt_plan(runtime.mirror(project), project, project.environments[0],
-                            plan_id="jaffle-prod-0123abcd", target_commit=world.target, base_commit=world.base,
-                            base_version="1", triggered_by="sensor", requested_by=None,
-                            now=datetime(2025, 3, 1, tzinfo=UTC))
+                            plan_id=plan_id, target_commit=target or world.target,
+                            base_commit=world.base if base is True else base, base_version="1",
+                            triggered_by="sensor", requested_by=None, now=datetime(2025, 3, 1, tzinfo=UTC))
 
 
 @pytest.fixture(scope="module")
@@ -351,3 +368,159 @@ def test_the_parse_pod_runner_parses_partially_from_its_cache_folder(world, tmp_
     assert (first["outcome"], first["mode"]) == ("parsed", "cold")
     assert (second["outcome"], second["mode"]) == ("parsed", "partial")
     assert (tmp_path / "claim" / "jaffle" / "dbt_parse" / world.target / "partial_parse.msgpack").exists()
+
+
+# --- dbt's state comparison in the parse pod, on the claim ---------------------------------------------------
+
+MACRO = "macros/cents_to_dollars.sql"
+CLAIM = "dagctl-parse-cache"
+MACRO_PLAN, EARLY_PLAN = "jaffle-prod-5a1e0c2b", "jaffle-prod-0e1a2b3c"
+
+
+@pytest.fixture(scope="module")
+def macro_world(tmp_path_factory) -> World:
+    """The example project whose macro `cents_to_dollars` (used by the model `orders` only) changed."""
+    root = tmp_path_factory.mktemp("parse-pod-state")
+    repo = make_repo(root / "repo")
+    base = repo.head
+    target = repo.commit_change(MACRO, repo.read(MACRO).replace("decimal(18, 4)", "decimal(20, 4)"), version="2")
+    (root / "warehouse").mkdir()
+    return World(root, repo, base, target, root / "warehouse")
+
+
+def played_cluster(world: World, claim: Path | None = None) -> PlayedCluster:
+    """Each parse pod runs for real: the claim is `claim`, the profiles secret the example profiles."""
+    return PlayedCluster(world.root, claims={CLAIM: claim} if claim else {}, secrets={"dbt-profiles": DBT_PROFILES},
+                         environ={"PATH": os.environ["PATH"], "HOME": str(world.root)})
+
+
+@dataclass(frozen=True)
+class ClaimStory:
+    """The macro change explained on Kubernetes with `parse_cache_claim`, in this order:
+    `early` (plan `EARLY_PLAN`, before any manifest of the deployed commit was on the claim), the deployed
+    commit's own plan (keeps its manifest on the claim), `plan` (plan `MACRO_PLAN`), `early_again` (the
+    re-parse of `early` at execute, the deployed manifest now kept), `again` (the re-parse of `plan` at
+    execute, after the claim dropped the deployed commit's entry, as it drops all but the last 3)."""
+
+    early: PlanSpec
+    plan: PlanSpec
+    early_again: PlanSpec
+    again: PlanSpec
+    logs: list[str]
+    claim: Path
+    storage: Path
+    base_manifest_sha256: str
+    cluster: PlayedCluster
+
+
+@pytest.fixture(scope="module")
+def claim_story(macro_world: World, instance: DagsterInstance) -> ClaimStory:
+    world = macro_world
+    claim = world.root / "claim"
+    claim.mkdir()
+    runtime = build_runtime(world, KUBERNETES.replace("}", f", parse_cache_claim: {CLAIM}}}"), world.root / "storage")
+    cluster = played_cluster(world, claim)
+    runtime.kubernetes_client = cluster.client
+    project = runtime.deployment.projects[0]
+    logs: list[str] = []
+
+    def detect(spec: PlanSpec) -> PlanSpec:
+        @op(name="detect")
+        def detect_op(context):
+            return attach_dbt_impact(runtime, project, project.environments[0], spec)
+
+        @job(name="plan")
+        def plan_job():
+            detect_op()
+
+        result = plan_job.execute_in_process(instance=instance)
+        logs.extend(entry.user_message for entry in instance.all_logs(result.run_id))
+        return result.output_for_node("detect")
+
+    early = detect(explain(runtime, world, plan_id=EARLY_PLAN))
+    detect(explain(runtime, world, plan_id="jaffle-prod-d0d0d0d0", target=world.base, base=None))
+    kept = claim / "jaffle" / "dbt_parse" / world.base / "manifest.json"
+    base_manifest_sha256 = hashlib.sha256(kept.read_bytes()).hexdigest()
+    plan = detect(explain(runtime, world, plan_id=MACRO_PLAN))
+    early_again = detect(explain(runtime, world, plan_id=EARLY_PLAN))
+    shutil.rmtree(kept.parent)
+    again = detect(explain(runtime, world, plan_id=MACRO_PLAN))
+    return ClaimStory(early, plan, early_again, again, logs, claim, world.root / "storage", base_manifest_sha256,
+                      cluster)
+
+
+def test_with_a_claim_a_macro_used_by_one_model_narrows_to_that_model_in_the_pod(claim_story, macro_world):
+    plan = claim_story.plan
+    scope, impact = plan.dbt_scope, plan.dbt_impact
+    assert (scope.scope, scope.selection) == ("selective", ("fqn:jaffle.marts.orders",))
+    assert scope.reason.startswith("macros changed; dbt's state comparison (state:modified) with the manifest "
+                                   f"of the deployed commit {macro_world.base[:12]}")
+    assert plan.commands[0][-2:] == ("--select", "fqn:jaffle.marts.orders")
+    assert {n.unique_id for n in impact.selected if n.resource_type == "model"} == {"model.jaffle.orders"}
+    assert [n.unique_id for n in impact.downstream] == ["model.jaffle.customers"]
+    assert any(f"state comparison of plan {MACRO_PLAN}: the manifest of commit {macro_world.base[:12]} "
+               "pinned on the claim" in line for line in claim_story.logs)
+
+
+def test_the_parse_pod_is_given_the_plan_and_the_deployed_commit_to_compare_with(claim_story, macro_world):
+    pods = claim_story.cluster.created_pods
+    assert len(pods) == 5
+    [_, deploy, macro, *_] = pods
+    for pod in (deploy, macro):
+        assert_valid_manifest(pod)
+        assert pod_security_violations(pod["spec"], "restricted") == []
+    [container] = macro["spec"]["containers"]
+    assert container["command"][-8:] == ["--cache-dir", "/dagctl/parse-cache/jaffle", "--commit", macro_world.target,
+                                         "--plan-id", MACRO_PLAN, "--base-commit", macro_world.base]
+    assert "--plan-id" not in deploy["spec"]["containers"][0]["command"]  # a first deployment compares nothing
+    assert not (claim_story.storage / "dbt_state").exists()  # the run worker pinned nothing: the pod did
+
+
+def test_the_manifest_pinned_on_the_claim_is_recorded_in_the_fingerprint(claim_story):
+    impact = claim_story.plan.dbt_impact
+    pinned = claim_story.claim / "jaffle" / "dbt_state" / MACRO_PLAN / "manifest.json"
+    assert impact.base_manifest_hash == claim_story.base_manifest_sha256
+    assert hashlib.sha256(pinned.read_bytes()).hexdigest() == claim_story.base_manifest_sha256
+    drifted = impact.model_copy(update={"base_manifest_hash": "0" * 64})
+    assert seal_plan(claim_story.plan.model_copy(update={"dbt_impact": drifted})).fingerprint != (
+        claim_story.plan.fingerprint)
+
+
+def test_the_reparse_at_execute_compares_with_the_manifest_pinned_at_explain(claim_story, macro_world):
+    assert not (claim_story.claim / "jaffle" / "dbt_parse" / macro_world.base).exists()  # dropped meanwhile
+    again = claim_story.again
+    assert again.dbt_impact.base_manifest_hash == claim_story.base_manifest_sha256
+    assert again.dbt_scope == claim_story.plan.dbt_scope
+    assert again.fingerprint == claim_story.plan.fingerprint  # gate lets it execute
+
+
+def test_a_plan_explained_before_the_deployed_manifest_was_kept_stays_a_full_build(claim_story, macro_world):
+    early, again = claim_story.early, claim_story.early_again
+    assert early.dbt_scope.scope == "all"
+    assert early.dbt_scope.reason.endswith(f"(dbt's state comparison cannot narrow it: no manifest of the deployed "
+                                           f"commit {macro_world.base[:12]} is kept)")
+    assert early.dbt_impact.base_manifest_hash is None
+    assert not (claim_story.claim / "jaffle" / "dbt_state" / EARLY_PLAN / "manifest.json").exists()
+    assert sum(f"state comparison of plan {EARLY_PLAN}: no manifest of commit {macro_world.base[:12]} is pinned "
+               "on the claim" in line for line in claim_story.logs) == 2
+    # Re-parsed at execute while the deployed commit's manifest is on the claim: the approved scope holds.
+    assert (again.dbt_scope, again.fingerprint) == (early.dbt_scope, early.fingerprint)
+
+
+def test_without_a_claim_the_reason_says_no_manifest_of_the_deployed_commit_is_kept(
+        run_in_op, macro_world, tmp_path):
+    runtime = build_runtime(macro_world, KUBERNETES, tmp_path)
+    cluster = played_cluster(macro_world)
+    runtime.kubernetes_client = cluster.client
+    project = runtime.deployment.projects[0]
+
+    spec, _ = run_in_op(lambda context: attach_dbt_impact(runtime, project, project.environments[0],
+                                                          explain(runtime, macro_world, plan_id=MACRO_PLAN)))
+
+    assert spec.dbt_scope.scope == "all"
+    assert spec.dbt_scope.reason.endswith(f"(dbt's state comparison cannot narrow it: no manifest of the deployed "
+                                          f"commit {macro_world.base[:12]} is kept)")
+    assert (spec.dbt_impact.status, spec.dbt_impact.base_manifest_hash) == (ImpactStatus.RESOLVED, None)
+    assert spec.dbt_impact.counts == {"model": 4, "seed": 2, "test": 17}
+    [pod] = cluster.created_pods
+    assert not {"--cache-dir", "--plan-id", "--base-commit"} & set(pod["spec"]["containers"][0]["command"])
