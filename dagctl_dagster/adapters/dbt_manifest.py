@@ -18,6 +18,7 @@ MANIFEST = "manifest.json"
 GRAPH_FILE = "dagctl_graph.json"  # runner.dbt_parse.GRAPH_FILE (the runner imports nothing of ours)
 PARTIAL_PARSE = "partial_parse.msgpack"
 TARGET_FILE = "dbt_target"
+KEEP_PINS = 50  # pinned state folders kept per project (`prune_pins`)
 PINNED_FROM = "base_commit"  # in a pinned state folder: the commit its manifest is (or would have been) of
 # Sections of the manifest whose entries are graph nodes.
 _SECTIONS = ("nodes", "sources", "exposures", "metrics", "semantic_models", "saved_queries", "unit_tests")
@@ -148,4 +149,19 @@ def pin_manifest(pinned: Path, cache: DbtParseCache, base_commit: str) -> Path |
             staging.rename(pinned)
         except OSError:  # pinned meanwhile by another parse of the same plan: its pin holds
             shutil.rmtree(staging, ignore_errors=True)
+        else:
+            prune_pins(pinned.parent)
     return pinned if (pinned / MANIFEST).exists() else None
+
+
+def prune_pins(folder: Path) -> None:
+    """Deletes all but the `KEEP_PINS` newest pinned state folders of a project (a manifest each).
+
+    A plan whose pin was deleted (one older than `KEEP_PINS` newer plans of the project that wanted a state
+    comparison) is pinned again if it ever executes: with other bytes, `gate` refuses it as drifted, so a
+    deleted pin can block an old plan but never change what an approved plan runs.
+    """
+    pins = [path for path in folder.iterdir() if path.is_dir() and not path.name.startswith(".")]
+    pins.sort(key=lambda path: path.stat().st_mtime_ns, reverse=True)
+    for old in pins[KEEP_PINS:]:
+        shutil.rmtree(old, ignore_errors=True)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-from dagctl_dagster.adapters.dbt_manifest import MANIFEST, PARTIAL_PARSE, DbtParseCache
+from dagctl_dagster.adapters import dbt_manifest
+from dagctl_dagster.adapters.dbt_manifest import MANIFEST, PARTIAL_PARSE, DbtParseCache, pin_manifest
 
 
 def store(cache: DbtParseCache, tmp_path, commit: str, *, target: str, mtime: int) -> None:
@@ -28,3 +29,17 @@ def test_seed_prefers_the_commits_own_file_then_the_newest_of_the_same_target(tm
     # Another target's file for the same commit is not its own (dbt would parse from scratch).
     assert cache.seed(tmp_path / "t3", target="prod", commit="c" * 40) == "b" * 40
     assert DbtParseCache(tmp_path / "empty").seed(tmp_path / "t4", target="prod", commit="a" * 40) is None
+
+
+def test_a_project_keeps_its_newest_pinned_manifests_only(tmp_path, monkeypatch):
+    monkeypatch.setattr(dbt_manifest, "KEEP_PINS", 2)
+    cache = DbtParseCache(tmp_path / "cache")
+    store(cache, tmp_path, "a" * 40, target="prod", mtime=1)
+    pins = tmp_path / "dbt_state"
+    for number, plan_id in enumerate(("jaffle-prod-1", "jaffle-prod-2"), start=1):
+        pin_manifest(pins / plan_id, cache, "a" * 40)
+        os.utime(pins / plan_id, ns=(number, number))
+
+    assert pin_manifest(pins / "jaffle-prod-3", cache, "a" * 40) == pins / "jaffle-prod-3"
+    assert sorted(path.name for path in pins.iterdir()) == ["jaffle-prod-2", "jaffle-prod-3"]
+    assert (pins / "jaffle-prod-3" / MANIFEST).read_text() == "{}"
