@@ -1,9 +1,10 @@
 """dbt's manifest: the graph of a parsed project, and the parse state kept between plans.
 
 `read_dbt_graph` turns dbt's `manifest.json` into the `core.dbt_impact.DbtGraph` the impact is computed on.
-`DbtParseCache` keeps, per project, the manifest and dbt's `partial_parse.msgpack` of the last few parsed
-commits (`storage_dir/dbt_parse/<project>/<commit>/`), so the next plan's parse starts from the newest one
-and dbt re-parses only the files that changed.
+`DbtParseCache` keeps, per project, dbt's `partial_parse.msgpack` of the last few parsed commits
+(`storage_dir/dbt_parse/<project>/<commit>/`), so the next plan's parse starts from the newest one and dbt
+re-parses only the files that changed; and a commit's `manifest.json` once a plan's state comparison had it
+written from that file (`runner.dbt_parse.write_base_manifest`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ MANIFEST = "manifest.json"
 GRAPH_FILE = "dagctl_graph.json"  # runner.dbt_parse.GRAPH_FILE (the runner imports nothing of ours)
 PARTIAL_PARSE = "partial_parse.msgpack"
 TARGET_FILE = "dbt_target"
+SNAPSHOT_TIME_FILE = "snapshot_mtime"
 # Sections of the manifest whose entries are graph nodes.
 _SECTIONS = ("nodes", "sources", "exposures", "metrics", "semantic_models", "saved_queries", "unit_tests")
 
@@ -67,6 +69,22 @@ def _read_target(entry: Path) -> str | None:
         return None
 
 
+def _read_snapshot_time(entry: Path) -> str | None:
+    try:
+        return (entry / SNAPSHOT_TIME_FILE).read_text()
+    except OSError:
+        return None
+
+
+def get_snapshot_time(snapshot: Path | None) -> str | None:
+    """The modification time (ns) of a snapshot's `dbt_project.yml`: Git exports every file of a snapshot
+    with the same one, the time it was exported (`git archive` of a tree)."""
+    try:
+        return str((snapshot / "dbt_project.yml").stat().st_mtime_ns) if snapshot is not None else None
+    except OSError:
+        return None
+
+
 class DbtParseCache:
     """The parse state (manifest, partial-parse file) of a project's last `keep` parsed commits.
 
@@ -83,20 +101,45 @@ class DbtParseCache:
     def _entries(self) -> list[Path]:
         if not self.folder.is_dir():
             return []
-        entries = [path for path in self.folder.iterdir() if (path / MANIFEST).exists()]
-        return sorted(entries, key=lambda path: (path / MANIFEST).stat().st_mtime_ns, reverse=True)
+        # Newest parse first: the target file is written once, when the parse is stored (a manifest written
+        # later for a state comparison does not make an old commit new).
+        entries = [path for path in self.folder.iterdir()
+                   if not path.name.startswith(".") and (path / TARGET_FILE).exists()]
+        return sorted(entries, key=lambda path: (path / TARGET_FILE).stat().st_mtime_ns, reverse=True)
 
     def manifest_of(self, commit: str) -> Path | None:
-        """The kept manifest of `commit`, if it is still kept."""
-        path = self.folder / commit / MANIFEST
-        return path if path.exists() else None
+        """The kept manifest of `commit`, else its kept partial-parse file (from which the parse step writes
+        the manifest: `runner.dbt_parse.write_base_manifest`), else `None`."""
+        for name in (MANIFEST, PARTIAL_PARSE):
+            path = self.folder / commit / name
+            if path.exists():
+                return path
+        return None
 
-    def seed(self, target_path: Path, *, target: str = "", commit: str = "") -> str | None:
+    def keep_manifest(self, commit: str, manifest: Path) -> None:
+        """Keeps `manifest` (written from `commit`'s partial-parse file) as `commit`'s, if `commit` is still
+        kept and has none, so the next plan with the same base does not write it again."""
+        entry = self.folder / commit
+        if not entry.is_dir() or (entry / MANIFEST).exists():
+            return
+        staging = entry / f".{MANIFEST}.partial"
+        shutil.copy2(manifest, staging)
+        staging.rename(entry / MANIFEST)
+
+    def seed(self, target_path: Path, *, target: str = "", commit: str = "", snapshot: Path | None = None
+             ) -> str | None:
         """Copies a kept partial-parse file into `target_path` before dbt parses: `commit`'s own when it is
         kept (dbt then finds nothing changed: the re-parse at execute), else the newest one parsed for the
         same dbt `target` (dbt parses from scratch when the profile differs), else the newest; returns the
-        commit it came from, or `None` when none is kept."""
-        entries = self._entries()
+        commit it came from, or `None` when none is kept.
+
+        Never another commit's file parsed on a snapshot with the same modification time as `snapshot`: dbt
+        takes a schema YAML whose modification time is the one it saved as unchanged, without reading it,
+        so two snapshots exported in the same second would hide every YAML change between them.
+        """
+        mtime = get_snapshot_time(snapshot)
+        entries = [entry for entry in self._entries() if entry.name == commit or mtime is None
+                   or _read_snapshot_time(entry) != mtime]
         own = [entry for entry in entries if entry.name == commit and _read_target(entry) == target]
         same = [entry for entry in entries if _read_target(entry) == target and entry not in own]
         for entry in [*own, *same, *(entry for entry in entries if entry not in own and entry not in same)]:
@@ -106,12 +149,15 @@ class DbtParseCache:
                 return entry.name
         return None
 
-    def store(self, commit: str, target_path: Path, *, target: str = "") -> None:
-        """Keeps the manifest and partial-parse file dbt wrote to `target_path` (parsing for dbt `target`)
-        as `commit`'s, and drops the oldest beyond `keep`."""
+    def store(self, commit: str, target_path: Path, *, target: str = "", snapshot: Path | None = None) -> None:
+        """Keeps the partial-parse file (and a manifest, if any) dbt wrote to `target_path` (parsing
+        `snapshot` for dbt `target`) as `commit`'s, and drops the oldest beyond `keep`."""
         staging = self.folder / f".{commit}.partial"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
+        mtime = get_snapshot_time(snapshot)
+        if mtime is not None:
+            (staging / SNAPSHOT_TIME_FILE).write_text(mtime)
         (staging / TARGET_FILE).write_text(target)
         for name in (MANIFEST, PARTIAL_PARSE):
             if (target_path / name).exists():

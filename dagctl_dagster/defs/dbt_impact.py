@@ -31,7 +31,7 @@ from typing import Any
 
 from dagster import MetadataValue, TableColumn, TableRecord, TableSchema, get_dagster_logger
 
-from ..adapters.dbt_manifest import MANIFEST, DbtParseCache, read_parsed_graph
+from ..adapters.dbt_manifest import MANIFEST, PARTIAL_PARSE, DbtParseCache, read_parsed_graph
 from ..core.config import EnvironmentConfig, KubernetesBackendConfig, ProjectConfig
 from ..core.dbt_changes import DbtScope, Scope, build_dbt_commands
 from ..core.dbt_impact import (
@@ -109,8 +109,10 @@ def pin_base_manifest(runtime: PlanRuntime, project: ProjectConfig, spec: PlanSp
 
     Pinned per plan (`storage_dir/dbt_state/<project>/<plan id>/manifest.json`) when the plan is explained,
     so the re-resolution at execute compares with the same bytes, whatever the parse cache kept since. When
-    no manifest was kept at explain, the empty folder pins that too: a manifest of the deployed commit kept
-    later (another environment's plan parsed it) never changes the scope of an approved plan at execute.
+    only the deployed commit's partial-parse file is kept, it is pinned instead and the parse step writes the
+    manifest from it (`runner.dbt_parse.write_base_manifest`). When neither was kept at explain (or the
+    manifest could not be written), the folder without a manifest pins that too: a manifest of the deployed
+    commit kept later (another environment's plan parsed it) never changes the scope of an approved plan.
     """
     pinned = runtime.storage_dir / "dbt_state" / project.name / spec.plan_id
     if pinned.is_dir():
@@ -119,8 +121,20 @@ def pin_base_manifest(runtime: PlanRuntime, project: ProjectConfig, spec: PlanSp
     pinned.mkdir(parents=True, exist_ok=True)
     if base is None:
         return None
-    shutil.copy2(base, pinned / MANIFEST)
+    shutil.copy2(base, pinned / base.name)
     return pinned
+
+
+def keep_base_manifest(runtime: PlanRuntime, project: ProjectConfig, spec: PlanSpec, state: Path) -> None:
+    """After the parse step wrote the pinned base manifest from the deployed commit's partial-parse file: the
+    pinned folder keeps only the manifest, and the parse cache keeps it for the next plan with that base."""
+    partial = state / PARTIAL_PARSE
+    if not partial.exists():
+        return
+    partial.unlink()
+    if (state / MANIFEST).exists():
+        DbtParseCache(runtime.storage_dir / "dbt_parse" / project.name).keep_manifest(
+            spec.base_commit or "-", state / MANIFEST)
 
 
 def read_test_yaml_changes(runtime: PlanRuntime, project: ProjectConfig, spec: PlanSpec
@@ -174,7 +188,7 @@ def _parse(runtime: PlanRuntime, project: ProjectConfig, env: EnvironmentConfig,
     folder = Path(tempfile.mkdtemp(prefix=f"{spec.plan_id}-", dir=work))
     try:
         target_path = folder / "target"
-        seeded = cache.seed(target_path, target=env.dbt_target, commit=spec.target_commit)
+        seeded = cache.seed(target_path, target=env.dbt_target, commit=spec.target_commit, snapshot=snapshot)
         output = folder / "result.json"
         step = build_dbt_parse_step(runtime, project, env, snapshot, target_path, output, state=state)
         result = run_dbt_parse(step, output, work_dir=folder / "step")
@@ -182,7 +196,7 @@ def _parse(runtime: PlanRuntime, project: ProjectConfig, env: EnvironmentConfig,
             return result, None
         get_dagster_logger("dagctl").info(render_parse_line(spec.target_commit, seeded, result))
         graph = read_parsed_graph(target_path)
-        cache.store(spec.target_commit, target_path, target=env.dbt_target)
+        cache.store(spec.target_commit, target_path, target=env.dbt_target, snapshot=snapshot)
         return result, graph
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -203,6 +217,11 @@ def build_dbt_impact(runtime: PlanRuntime, project: ProjectConfig, env: Environm
         scope = scope.model_copy(update={"reason": f"{scope.reason} (dbt's state comparison cannot narrow it: "
                                           f"no manifest of the deployed commit {spec.base_commit[:12]} is kept)"})
     result, graph = _parse(runtime, project, env, spec, state)
+    if state is not None:
+        keep_base_manifest(runtime, project, spec, state)
+        if "state_unavailable" in result and comparable:
+            scope = scope.model_copy(update={"reason": f"{scope.reason} (dbt's state comparison cannot narrow "
+                                              f"it: {result['state_unavailable']})"})
     outcome = result.get("outcome")
     if outcome == "project_error":
         return scope, DbtImpact(status=ImpactStatus.PROJECT_ERROR, reason=result["message"])

@@ -37,7 +37,7 @@ from dagctl_dagster.adapters.kubernetes.specs import (
     build_plan_labels,
     build_step_pod,
 )
-from dagctl_dagster.adapters.dbt_manifest import read_dbt_graph
+from dagctl_dagster.adapters.dbt_manifest import read_parsed_graph
 from dagctl_dagster.adapters.sqlmesh import explain_sqlmesh_plan
 from dagctl_dagster.core.config import ProjectConfig
 from dagctl_dagster.core.dbt_impact import build_selective_impact
@@ -377,7 +377,7 @@ def test_dbt_parse_pod_reports_the_impact_the_local_parse_finds(jaffle_daemon, t
                     "--target-path", str(local_target), "--target", "prod", "--output", str(tmp_path / "local.json")],
                    env={**os.environ, **environ}, check=True, timeout=600)
     assert json.loads((tmp_path / "local.json").read_text())["outcome"] == "parsed"
-    local = read_dbt_graph(local_target / "manifest.json")
+    local = read_parsed_graph(local_target)
     assert graph.content_hash() == local.content_hash()
     selection = ("path:models/staging/stg_orders.sql",)
     assert build_selective_impact(graph, selection, parse=None) == build_selective_impact(local, selection, parse=None)
