@@ -95,3 +95,15 @@ def test_the_base_manifest_written_from_a_partial_parse_file_is_the_one_dbt_pars
     for manifest in (written, parsed):  # "...Z" from dbt parse, "...+00:00" read back: the same instant
         manifest["metadata"].pop("invocation_started_at")
     assert written == parsed
+
+    # A partial-parse file this dbt cannot read: no comparison, and the result says why.
+    unreadable = tmp_path / "unreadable"
+    unreadable.mkdir()
+    (unreadable / "partial_parse.msgpack").write_bytes(b"not msgpack")
+    subprocess.run([sys.executable, "-m", "dagctl_dagster.runner.dbt_parse", "--project-dir", str(project),
+                    "--target-path", str(target), "--target", "dev", "--output", str(output),
+                    "--state", str(unreadable)], env=env, check=True)
+    result = json.loads(output.read_text())
+    assert result["outcome"] == "parsed" and "modified" not in result
+    assert result["state_unavailable"].startswith("the base commit's partial_parse.msgpack cannot be read by dbt ")
+    assert not (unreadable / "manifest.json").exists()
