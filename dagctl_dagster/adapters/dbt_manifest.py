@@ -10,7 +10,9 @@ written from that file (`runner.dbt_parse.write_base_manifest`).
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from ..core.dbt_impact import DbtGraph, DbtGraphNode
@@ -122,9 +124,16 @@ class DbtParseCache:
         entry = self.folder / commit
         if not entry.is_dir() or (entry / MANIFEST).exists():
             return
-        staging = entry / f".{MANIFEST}.partial"
-        shutil.copy2(manifest, staging)
-        staging.rename(entry / MANIFEST)
+        staging: Path | None = None
+        try:  # another plan may keep the same manifest, or drop the entry, at the same time: both are fine
+            handle, name = tempfile.mkstemp(prefix=f".{MANIFEST}.", dir=entry)
+            os.close(handle)
+            staging = Path(name)
+            shutil.copy2(manifest, staging)
+            os.replace(staging, entry / MANIFEST)
+        except OSError:
+            if staging is not None:
+                staging.unlink(missing_ok=True)
 
     def seed(self, target_path: Path, *, target: str = "", commit: str = "", snapshot: Path | None = None
              ) -> str | None:
