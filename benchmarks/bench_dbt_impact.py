@@ -1,6 +1,7 @@
 """Cost of a dbt plan's impact (dbt parse in its own step, then our resolution) against dbt's own, in one run.
 
     .venv/bin/python benchmarks/bench_dbt_impact.py [--models 2000] [--commits 1000] [--files 100] [--quick]
+        [--no-compiled-bytecode]
 
 Uses the generated repository of `bench_dbt_detect.py` (same project, same history: `--commits` commits
 touching `--files` files between base and target). Exports the base and target checkouts, then measures:
@@ -13,9 +14,17 @@ touching `--files` files between base and target). Exports the base and target c
    with the same warm cache, is measured too: its warm / cold ratio is the floor of ours.
 3. A macro used by 5 models is changed: the nodes the plan runs (dbt's `state:modified` against the
    previous commit's manifest, our exact fqn selection, tests included by eager indirect selection) divided
-   by the nodes a full `dbt build` runs. Target: <= 0.01.
+   by the nodes a full `dbt build` runs. Target: <= 0.01. The parse step is given the previous commit's
+   partial-parse file as the plan pins it (parses keep no manifest.json) and writes the base manifest from
+   it: that parse is timed with and without that writing.
 4. Peak memory (VmHWM) of the parse step process, reported (the git-only `detect` is unchanged: see
    `bench_dbt_detect.py` for its targets).
+
+Every process runs with compiled bytecode, as in the runner image (`UV_COMPILE_BYTECODE=1`) and in a local
+step (its environment has no `PYTHONDONTWRITEBYTECODE`): it is kept in a `PYTHONPYCACHEPREFIX` folder of
+the run, compiled before the first measurement. `--no-compiled-bytecode` measures with none (an empty
+`PYTHONPYCACHEPREFIX` and `PYTHONDONTWRITEBYTECODE=1`: each process compiles what it imports, whatever
+`.pyc` files `.venv` holds).
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -39,6 +49,7 @@ from dagctl_dagster.adapters.dbt import explain_dbt_plan  # noqa: E402
 from dagctl_dagster.adapters.dbt_manifest import (  # noqa: E402
     MANIFEST,
     PARTIAL_PARSE,
+    get_snapshot_time,
     read_dbt_graph,
     read_parsed_graph,
 )
@@ -74,9 +85,21 @@ def progress(message: str) -> None:
     print(f"... {message}", file=sys.stderr, flush=True)
 
 
+# Where the processes keep their compiled bytecode, and whether they write it (--no-compiled-bytecode: an
+# empty folder they never write to, so every process compiles what it imports).
+BYTECODE: dict[str, str | bool] = {"prefix": "", "compiled": True}
+# What the parse step and dbt import: compiled once before the measurements.
+IMPORTS = ("import dbt.cli.main, dbt.adapters.duckdb, dbt.parser.manifest, dbt.task.list, "
+           "dagctl_dagster.runner.dbt_parse")
+
+
 def dbt_env(profiles: Path) -> dict[str, str]:
-    return {**os.environ, "DBT_PROFILES_DIR": str(profiles), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
-            "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "DBT_PROFILES_DIR": str(profiles), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    if not BYTECODE["compiled"]:
+        return {**env, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPYCACHEPREFIX": str(BYTECODE["prefix"])}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return {**env, "PYTHONPYCACHEPREFIX": str(BYTECODE["prefix"])}
 
 
 def fresh_target(work: Path, name: str, seed: Path | None) -> Path:
@@ -124,9 +147,20 @@ def dbt_parse_only(project: Path, target: Path, profiles: Path) -> None:
                     "--target", "prod"], env=dbt_env(profiles), check=True)
 
 
-def timed(action):
-    started = time.perf_counter()
+# CPU seconds (user + system, this process and its children) of each timed action, by label: steadier than
+# wall time on a machine shared with other work.
+CPU: dict[str, float] = {}
+
+
+def cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def timed(label: str, action):
+    started, started_cpu = time.perf_counter(), cpu_seconds()
     value = action()
+    CPU[label] = cpu_seconds() - started_cpu
     return time.perf_counter() - started, value
 
 
@@ -152,29 +186,42 @@ def measure(root: Path, args: argparse.Namespace) -> None:
                             triggered_by="sensor", requested_by=None, now=NOW)
     selection = spec.dbt_scope.selection
     base = mirror.export_snapshot(repository.base, root / "checkouts" / "base")
-    target = mirror.export_snapshot(repository.target, root / "checkouts" / "target")
     profiles = root / "profiles"
     profiles.mkdir()
     (profiles / "profiles.yml").write_text(PROFILES.format(path=root / "bench.duckdb"))
     work = root / "work"
 
+    BYTECODE.update(prefix=str(root / "pycache"), compiled=not args.no_compiled_bytecode)
+    if BYTECODE["compiled"]:
+        subprocess.run([sys.executable, "-c", IMPORTS], env=dbt_env(profiles), check=True)
     progress("parsing the base commit (the last plan's parse: its partial-parse file is the warm cache)")
     base_target = fresh_target(work, "base", None)
     run_parse_step(base, base_target, profiles)
     warm_cache = base_target / PARTIAL_PARSE
+    # The target's snapshot is exported by the next plan, as in production: after the base's parse. (dbt takes
+    # a schema YAML whose modification time it saved as unchanged: two exports in the same second would make
+    # the partial parse miss the YAML changes, and the parse cache never seeds across them.)
+    target = mirror.export_snapshot(repository.target, root / "checkouts" / "target")
+    if get_snapshot_time(target) == get_snapshot_time(base):
+        raise SystemExit("the target's snapshot has the base's modification time: dbt would skip its YAMLs")
 
     progress("cold impact (no partial-parse file)")
     cold_s, (cold_result, cold_rss, cold_impact) = timed(
-        lambda: our_impact(target, fresh_target(work, "cold", None), profiles, selection))
+        "cold", lambda: our_impact(target, fresh_target(work, "cold", None), profiles, selection))
     progress("warm impact, then dbt parse + dbt ls with the same warm cache")
     warm_s, (warm_result, warm_rss, warm_impact) = timed(
-        lambda: our_impact(target, fresh_target(work, "warm", warm_cache), profiles, selection))
-    dbt_s, dbt_ids = timed(lambda: dbt_own(target, fresh_target(work, "dbt", warm_cache), profiles, selection))
+        "warm", lambda: our_impact(target, fresh_target(work, "warm", warm_cache), profiles, selection))
+    dbt_s, dbt_ids = timed("dbt", lambda: dbt_own(target, fresh_target(work, "dbt", warm_cache), profiles,
+                                                  selection))
     progress("dbt parse alone, cold then warm (dbt's own floor of the warm / cold ratio)")
-    dbt_cold_s, _ = timed(lambda: dbt_parse_only(target, fresh_target(work, "dbt_cold", None), profiles))
-    dbt_warm_s, _ = timed(lambda: dbt_parse_only(target, fresh_target(work, "dbt_warm", warm_cache), profiles))
+    dbt_cold_s, _ = timed("dbt_cold", lambda: dbt_parse_only(target, fresh_target(work, "dbt_cold", None),
+                                                              profiles))
+    dbt_warm_s, _ = timed("dbt_warm", lambda: dbt_parse_only(target, fresh_target(work, "dbt_warm", warm_cache),
+                                                              profiles))
     warm_graph = read_parsed_graph(work / "warm")
-    same_graph = warm_graph.content_hash() == read_dbt_graph(work / "warm" / MANIFEST).content_hash()
+    # The partial parse's graph is the cold parse's, and the graph of dbt's own manifest.json (`dbt parse`).
+    same_graph = (warm_graph.content_hash() == read_parsed_graph(work / "cold").content_hash()
+                  == read_dbt_graph(work / "dbt" / MANIFEST).content_hash())
     ours_with_downstream = resolve_path_selection(warm_graph,
                                                   [f"{c}+" for c in selection])[0]
     executable_dbt = {uid for uid in dbt_ids if uid.split(".")[0] in EXECUTABLE_TYPES}
@@ -189,12 +236,19 @@ def measure(root: Path, args: argparse.Namespace) -> None:
     run_parse_step(macro_base, macro_base_target, profiles)
     state = work / "state"
     state.mkdir()
-    shutil.copy2(macro_base_target / MANIFEST, state / MANIFEST)
+    shutil.copy2(macro_base_target / PARTIAL_PARSE, state / PARTIAL_PARSE)  # as `pin_base_manifest` pins it
     macro_target = root / "checkouts" / "macro_target"
     shutil.copytree(macro_base, macro_target)
     add_macro(macro_target, "2", staging)
     macro_target_path = fresh_target(work, "macro_target", macro_base_target / PARTIAL_PARSE)
-    macro_result, _ = run_parse_step(macro_target, macro_target_path, profiles, state=state)
+    macro_s, (macro_result, _) = timed("macro", lambda: run_parse_step(macro_target, macro_target_path,
+                                                                        profiles, state=state))
+    progress("the same parse with the base manifest already written (kept by the first plan of that base)")
+    again_s, (again_result, _) = timed("again", lambda: run_parse_step(
+        macro_target, fresh_target(work, "macro_again", macro_base_target / PARTIAL_PARSE), profiles,
+        state=state))
+    if again_result["modified"] != macro_result["modified"]:
+        raise SystemExit("state:modified differs with the base manifest written earlier")
     graph = read_parsed_graph(macro_target_path)
     scope = build_state_scope(spec.dbt_scope, macro_result["modified"], graph, base_commit=repository.target)
     run_nodes = resolve_path_selection(graph, scope.selection)[0]
@@ -209,11 +263,18 @@ def measure(root: Path, args: argparse.Namespace) -> None:
     print(f"dbt parse + dbt ls <selection>+, warm     {dbt_s:8.2f} s")
     print(f"dbt parse alone, cold / warm              {dbt_cold_s:8.2f} / {dbt_warm_s:.2f} s  "
           f"(dbt's own warm / cold: {dbt_warm_s / dbt_cold_s:.4f})")
+    print(f"CPU s (user+sys): cold {CPU['cold']:.2f}, warm {CPU['warm']:.2f}, dbt parse + ls {CPU['dbt']:.2f}, "
+          f"dbt parse cold / warm {CPU['dbt_cold']:.2f} / {CPU['dbt_warm']:.2f}; warm / cold "
+          f"{CPU['warm'] / CPU['cold']:.4f}, warm / dbt parse + ls {CPU['warm'] / CPU['dbt']:.4f}")
     print(f"parse step peak RSS (cold / warm)         {cold_rss:8.1f} / {warm_rss:.1f} MB")
     print(f"selected {len(warm_impact.selected)} nodes, {len(warm_impact.downstream)} downstream; "
           f"selection+ equals dbt ls: {same}")
     print(f"macro in {MACRO_MODELS} models: runs {len(run_nodes)} of {len(full)} nodes "
           f"({len(scope.selection)} fqn criteria)")
+    print(f"macro plan's parse step, writing / with the base manifest  {macro_s:6.2f} / {again_s:.2f} s  "
+          f"(CPU {CPU['macro']:.2f} / {CPU['again']:.2f} s)")
+    print("bytecode: " + ("compiled (as in the runner image)" if BYTECODE["compiled"] else
+                          "none (each process compiles what it imports)"))
     print()
     for label, value, target_value in (("warm impact / dbt parse + ls", dbt_ratio, TARGET_DBT_RATIO),
                                        ("warm / cold impact", warm_ratio, TARGET_WARM_RATIO),
@@ -229,6 +290,8 @@ def main() -> None:
     parser.add_argument("--commits", type=int, default=1000)
     parser.add_argument("--files", type=int, default=100)
     parser.add_argument("--quick", action="store_true", help="200 models, 100 commits, 20 files")
+    parser.add_argument("--no-compiled-bytecode", action="store_true",
+                        help="every process compiles what it imports (no .pyc), as this sandbox runs")
     args = parser.parse_args()
     if args.quick:
         args.models, args.commits, args.files = 200, 100, 20

@@ -1,15 +1,18 @@
 """dbt's manifest: the graph of a parsed project, and the parse state kept between plans.
 
 `read_dbt_graph` turns dbt's `manifest.json` into the `core.dbt_impact.DbtGraph` the impact is computed on.
-`DbtParseCache` keeps, per project, the manifest and dbt's `partial_parse.msgpack` of the last few parsed
-commits (`storage_dir/dbt_parse/<project>/<commit>/`), so the next plan's parse starts from the newest one
-and dbt re-parses only the files that changed.
+`DbtParseCache` keeps, per project, dbt's `partial_parse.msgpack` of the last few parsed commits
+(`storage_dir/dbt_parse/<project>/<commit>/`), so the next plan's parse starts from the newest one and dbt
+re-parses only the files that changed; and a commit's `manifest.json` once a plan's state comparison had it
+written from that file (`runner.dbt_parse.write_base_manifest`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from ..core.dbt_impact import DbtGraph, DbtGraphNode
@@ -20,6 +23,7 @@ PARTIAL_PARSE = "partial_parse.msgpack"
 TARGET_FILE = "dbt_target"
 KEEP_PINS = 50  # pinned state folders kept per project (`prune_pins`)
 PINNED_FROM = "base_commit"  # in a pinned state folder: the commit its manifest is (or would have been) of
+SNAPSHOT_TIME_FILE = "snapshot_mtime"
 # Sections of the manifest whose entries are graph nodes.
 _SECTIONS = ("nodes", "sources", "exposures", "metrics", "semantic_models", "saved_queries", "unit_tests")
 
@@ -69,6 +73,22 @@ def _read_target(entry: Path) -> str | None:
         return None
 
 
+def _read_snapshot_time(entry: Path) -> str | None:
+    try:
+        return (entry / SNAPSHOT_TIME_FILE).read_text()
+    except OSError:
+        return None
+
+
+def get_snapshot_time(snapshot: Path | None) -> str | None:
+    """The modification time (ns) of a snapshot's `dbt_project.yml`: Git exports every file of a snapshot
+    with the same one, the time it was exported (`git archive` of a tree)."""
+    try:
+        return str((snapshot / "dbt_project.yml").stat().st_mtime_ns) if snapshot is not None else None
+    except OSError:
+        return None
+
+
 class DbtParseCache:
     """The parse state (manifest, partial-parse file) of a project's last `keep` parsed commits.
 
@@ -85,20 +105,52 @@ class DbtParseCache:
     def _entries(self) -> list[Path]:
         if not self.folder.is_dir():
             return []
-        entries = [path for path in self.folder.iterdir() if (path / MANIFEST).exists()]
-        return sorted(entries, key=lambda path: (path / MANIFEST).stat().st_mtime_ns, reverse=True)
+        # Newest parse first: the target file is written once, when the parse is stored (a manifest written
+        # later for a state comparison does not make an old commit new).
+        entries = [path for path in self.folder.iterdir()
+                   if not path.name.startswith(".") and (path / TARGET_FILE).exists()]
+        return sorted(entries, key=lambda path: (path / TARGET_FILE).stat().st_mtime_ns, reverse=True)
 
     def manifest_of(self, commit: str) -> Path | None:
-        """The kept manifest of `commit`, if it is still kept."""
-        path = self.folder / commit / MANIFEST
-        return path if path.exists() else None
+        """The kept manifest of `commit`, else its kept partial-parse file (from which the parse step writes
+        the manifest: `runner.dbt_parse.write_base_manifest`), else `None`."""
+        for name in (MANIFEST, PARTIAL_PARSE):
+            path = self.folder / commit / name
+            if path.exists():
+                return path
+        return None
 
-    def seed(self, target_path: Path, *, target: str = "", commit: str = "") -> str | None:
+    def keep_manifest(self, commit: str, manifest: Path) -> None:
+        """Keeps `manifest` (written from `commit`'s partial-parse file) as `commit`'s, if `commit` is still
+        kept and has none, so the next plan with the same base does not write it again."""
+        entry = self.folder / commit
+        if not entry.is_dir() or (entry / MANIFEST).exists():
+            return
+        staging: Path | None = None
+        try:  # another plan may keep the same manifest, or drop the entry, at the same time: both are fine
+            handle, name = tempfile.mkstemp(prefix=f".{MANIFEST}.", dir=entry)
+            os.close(handle)
+            staging = Path(name)
+            shutil.copy2(manifest, staging)
+            os.replace(staging, entry / MANIFEST)
+        except OSError:
+            if staging is not None:
+                staging.unlink(missing_ok=True)
+
+    def seed(self, target_path: Path, *, target: str = "", commit: str = "", snapshot: Path | None = None
+             ) -> str | None:
         """Copies a kept partial-parse file into `target_path` before dbt parses: `commit`'s own when it is
         kept (dbt then finds nothing changed: the re-parse at execute), else the newest one parsed for the
         same dbt `target` (dbt parses from scratch when the profile differs), else the newest; returns the
-        commit it came from, or `None` when none is kept."""
-        entries = self._entries()
+        commit it came from, or `None` when none is kept.
+
+        Never another commit's file parsed on a snapshot with the same modification time as `snapshot`: dbt
+        takes a schema YAML whose modification time is the one it saved as unchanged, without reading it,
+        so two snapshots exported in the same second would hide every YAML change between them.
+        """
+        mtime = get_snapshot_time(snapshot)
+        entries = [entry for entry in self._entries() if entry.name == commit or mtime is None
+                   or _read_snapshot_time(entry) != mtime]
         own = [entry for entry in entries if entry.name == commit and _read_target(entry) == target]
         same = [entry for entry in entries if _read_target(entry) == target and entry not in own]
         for entry in [*own, *same, *(entry for entry in entries if entry not in own and entry not in same)]:
@@ -108,12 +160,15 @@ class DbtParseCache:
                 return entry.name
         return None
 
-    def store(self, commit: str, target_path: Path, *, target: str = "") -> None:
-        """Keeps the manifest and partial-parse file dbt wrote to `target_path` (parsing for dbt `target`)
-        as `commit`'s, and drops the oldest beyond `keep`."""
+    def store(self, commit: str, target_path: Path, *, target: str = "", snapshot: Path | None = None) -> None:
+        """Keeps the partial-parse file (and a manifest, if any) dbt wrote to `target_path` (parsing
+        `snapshot` for dbt `target`) as `commit`'s, and drops the oldest beyond `keep`."""
         staging = self.folder / f".{commit}.partial"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
+        mtime = get_snapshot_time(snapshot)
+        if mtime is not None:
+            (staging / SNAPSHOT_TIME_FILE).write_text(mtime)
         (staging / TARGET_FILE).write_text(target)
         for name in (MANIFEST, PARTIAL_PARSE):
             if (target_path / name).exists():
@@ -128,8 +183,9 @@ def pin_manifest(pinned: Path, cache: DbtParseCache, base_commit: str) -> Path |
     """The folder `pinned` holding the manifest `cache` keeps of `base_commit`, pinned there the first time;
     `None` when no manifest is pinned.
 
-    The first call decides for good: it copies the kept manifest into `pinned`, or pins "no manifest" (the
-    empty folder) when none is kept. Every later call returns what the first pinned, whatever the cache
+    The first call decides for good: it copies the kept manifest into `pinned` (or the kept partial-parse file,
+    from which the parse step writes the manifest: see `settle_pin`), or pins "no manifest" (a folder
+    without either) when none is kept. Every later call returns what the first pinned, whatever the cache
     keeps since, so dbt's state comparison of one plan always sees the same bytes (a manifest of the base
     commit kept later never changes the scope of an approved plan). The folder appears complete or not at
     all (renamed into place), so a parse that reads it never sees half a copy. Used by the run worker
@@ -143,15 +199,28 @@ def pin_manifest(pinned: Path, cache: DbtParseCache, base_commit: str) -> Path |
         staging.mkdir(parents=True)
         (staging / PINNED_FROM).write_text(base_commit)  # never empty: a rename onto it fails
         base = cache.manifest_of(base_commit)
-        if base is not None:
-            shutil.copy2(base, staging / MANIFEST)
+        if base is not None:  # its manifest, or the partial-parse file the parse step writes it from
+            shutil.copy2(base, staging / base.name)
         try:
             staging.rename(pinned)
         except OSError:  # pinned meanwhile by another parse of the same plan: its pin holds
             shutil.rmtree(staging, ignore_errors=True)
         else:
             prune_pins(pinned.parent)
-    return pinned if (pinned / MANIFEST).exists() else None
+    return pinned if (pinned / MANIFEST).exists() or (pinned / PARTIAL_PARSE).exists() else None
+
+
+def settle_pin(pinned: Path, cache: DbtParseCache, base_commit: str) -> None:
+    """After the parse step with `--state pinned`: when it had to write the manifest from the pinned
+    partial-parse file (`runner.dbt_parse.write_base_manifest`), the pin keeps only the manifest (or pins
+    "no manifest" for good, if it could not be written), and the cache keeps that manifest for the next plan
+    with the same base."""
+    partial = pinned / PARTIAL_PARSE
+    if not partial.exists():
+        return
+    partial.unlink()
+    if (pinned / MANIFEST).exists():
+        cache.keep_manifest(base_commit, pinned / MANIFEST)
 
 
 def prune_pins(folder: Path) -> None:

@@ -31,7 +31,7 @@ from typing import Any
 
 from dagster import MetadataValue, TableColumn, TableRecord, TableSchema, get_dagster_logger
 
-from ..adapters.dbt_manifest import MANIFEST, DbtParseCache, pin_manifest, read_parsed_graph
+from ..adapters.dbt_manifest import MANIFEST, DbtParseCache, pin_manifest, read_parsed_graph, settle_pin
 from ..core.config import EnvironmentConfig, KubernetesBackendConfig, ProjectConfig
 from ..core.dbt_changes import DbtScope, Scope, build_dbt_commands
 from ..core.dbt_impact import (
@@ -112,7 +112,9 @@ def pin_base_manifest(runtime: PlanRuntime, project: ProjectConfig, spec: PlanSp
     so the re-resolution at execute compares with the same bytes, whatever the parse cache kept since. When
     no manifest was kept at explain, a folder without one pins that too: a manifest of the deployed commit
     kept later (another environment's plan parsed it) never changes the scope of an approved plan at execute
-    (`adapters.dbt_manifest.pin_manifest`, which the parse pod uses on its claim too).
+    (`adapters.dbt_manifest.pin_manifest`, which the parse pod uses on its claim too). When only the deployed
+    commit's partial-parse file is kept, it is pinned and the parse step writes the manifest from it
+    (`runner.dbt_parse.write_base_manifest`; `settle_pin` then keeps the manifest only).
     """
     return pin_manifest(runtime.storage_dir / "dbt_state" / project.name / spec.plan_id,
                         DbtParseCache(runtime.storage_dir / "dbt_parse" / project.name), spec.base_commit or "-")
@@ -177,7 +179,7 @@ def _parse(runtime: PlanRuntime, project: ProjectConfig, env: EnvironmentConfig,
     folder = Path(tempfile.mkdtemp(prefix=f"{spec.plan_id}-", dir=work))
     try:
         target_path = folder / "target"
-        seeded = cache.seed(target_path, target=env.dbt_target, commit=spec.target_commit)
+        seeded = cache.seed(target_path, target=env.dbt_target, commit=spec.target_commit, snapshot=snapshot)
         output = folder / "result.json"
         step = build_dbt_parse_step(runtime, project, env, snapshot, target_path, output, state=state)
         result = run_dbt_parse(step, output, work_dir=folder / "step")
@@ -185,7 +187,7 @@ def _parse(runtime: PlanRuntime, project: ProjectConfig, env: EnvironmentConfig,
             return result, None
         get_dagster_logger("dagctl").info(render_parse_line(spec.target_commit, seeded, result))
         graph = read_parsed_graph(target_path)
-        cache.store(spec.target_commit, target_path, target=env.dbt_target)
+        cache.store(spec.target_commit, target_path, target=env.dbt_target, snapshot=snapshot)
         return result, graph
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -204,15 +206,19 @@ def build_dbt_impact(runtime: PlanRuntime, project: ProjectConfig, env: Environm
     compare, in_pod = comparable or bool(test_yamls), is_pinned_in_pod(project, env)
     state = pin_base_manifest(runtime, project, spec) if compare and not in_pod else None
     result, graph = _parse(runtime, project, env, spec, state, compare=compare)
+    if state is not None:
+        settle_pin(state, DbtParseCache(runtime.storage_dir / "dbt_parse" / project.name), spec.base_commit or "-")
     # The pinned manifest's hash (`None`: "no manifest" is pinned): of the run worker's pin, or as the parse
     # pod reports its pin on the claim (a pod that ended before it could report leaves it unknown).
     if in_pod:
         pinned, known = result.get(BASE_MANIFEST_SHA256), BASE_MANIFEST_SHA256 in result
     else:
-        pinned, known = hashlib.sha256((state / MANIFEST).read_bytes()).hexdigest() if state else None, True
+        pinned, known = (hashlib.sha256((state / MANIFEST).read_bytes()).hexdigest()
+                         if state is not None and (state / MANIFEST).exists() else None), True
     if comparable and known and pinned is None:
+        why = result.get("state_unavailable") or f"no manifest of the deployed commit {spec.base_commit[:12]} is kept"
         scope = scope.model_copy(update={"reason": f"{scope.reason} (dbt's state comparison cannot narrow it: "
-                                          f"no manifest of the deployed commit {spec.base_commit[:12]} is kept)"})
+                                          f"{why})"})
     outcome = result.get("outcome")
     if outcome == "project_error":
         return scope, DbtImpact(status=ImpactStatus.PROJECT_ERROR, reason=result["message"])

@@ -18,8 +18,16 @@ The result is written to FILE as JSON: `{"outcome": "parsed", "mode": "cold"|"pa
 `{"outcome": "project_error" | "environment_error", "message": "..."}`. A project error is the project's
 fault (a missing ref, broken YAML or Jinja): the plan fails. An environment error is the fault of where the
 parse ran (the adapter is not installed, a variable the profile or project reads is not set): the plan is
-explained from Git, without its impact. Exit code 0 when a result was written. Next to dbt's manifest, the
-graph the impact needs is written to `dagctl_graph.json` from dbt's in-memory manifest.
+explained from Git, without its impact. Exit code 0 when a result was written.
+
+dbt writes its `partial_parse.msgpack` (the next plan's parse starts from it), not `manifest.json`: the graph
+the impact needs is written to `dagctl_graph.json` from dbt's in-memory manifest, and a commit's
+`manifest.json` is needed only as the base of a later plan's state comparison. Writing it took a third of a
+partial parse of a 2,000-model project, so it is written then, once per base commit: with `--state DIR`
+holding the base's `partial_parse.msgpack` and no `manifest.json`, dbt's own `Manifest` read back from that
+file (the manifest dbt parsed for the base commit) writes `DIR/manifest.json` before the comparison. When it
+cannot (the file was written by another dbt version), the result says why in `"state_unavailable"` and
+carries no `"modified"`.
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ GRAPH_SECTIONS = ("nodes", "sources", "exposures", "metrics", "semantic_models",
 GRAPH_FIELDS = ("unique_id", "resource_type", "name", "path", "patch_path", "fqn", "parents", "test_name",
                 "column_name", "file_key_name")
 PACKAGE_FILES = ("package-lock.yml", "packages.yml", "dependencies.yml")
+MANIFEST = "manifest.json"
+PARTIAL_PARSE = "partial_parse.msgpack"
 
 
 def _classify(error: BaseException | None) -> str:
@@ -132,6 +142,31 @@ def write_graph(manifest, path: Path) -> None:
     path.write_text(json.dumps({"fields": GRAPH_FIELDS, "rows": rows}))
 
 
+def write_base_manifest(state: Path) -> str | None:
+    """Writes `state/manifest.json` from the base commit's `state/partial_parse.msgpack`, with dbt's own
+    reader of that file and its own writer of `manifest.json` (the bytes `dbt parse` would have written for
+    that commit, but for the format of `invocation_started_at`); returns why it could not, else `None`.
+    Runs after this process's `dbt parse`, whose flags the writer reads."""
+    from dbt.contracts.graph.manifest import Manifest
+    from dbt.parser.manifest import extended_mashumuro_decoder
+    from dbt.version import __version__
+
+    source = state / PARTIAL_PARSE
+    if not source.exists():
+        return f"no manifest.json or {PARTIAL_PARSE} in {state}"
+    try:
+        manifest = Manifest.from_msgpack(source.read_bytes(), decoder=extended_mashumuro_decoder)
+    except Exception as error:  # dbt's reader of its own file: any failure means "not readable here"
+        return f"the base commit's {PARTIAL_PARSE} cannot be read by dbt {__version__}: {_message(error)}"
+    if manifest.metadata.dbt_version != __version__:
+        return (f"the base commit's {PARTIAL_PARSE} was written by dbt {manifest.metadata.dbt_version}, "
+                f"not by this dbt {__version__}")
+    staging = state / f".{MANIFEST}.partial"
+    manifest.write(str(staging))
+    staging.rename(state / MANIFEST)
+    return None
+
+
 def parse_project(project_dir: Path, target_path: Path, target: str, packages_cache: Path | None,
                   state: Path | None = None) -> dict[str, object]:
     """Runs `dbt deps` (if needed) and `dbt parse`, then with `state` dbt's `ls --select state:modified`
@@ -152,7 +187,7 @@ def parse_project(project_dir: Path, target_path: Path, target: str, packages_ca
     if error is not None:
         return {"outcome": "environment_error", "message": f"dbt deps failed: {_message(error)}"}
     result = runner.invoke(["parse", "--project-dir", str(project_dir), "--target-path", str(target_path),
-                            "--target", target, "--quiet"])
+                            "--target", target, "--quiet", "--no-write-json"])
     if not result.success:
         return {"outcome": _classify(result.exception), "message": _message(result.exception)}
     write_graph(result.result, target_path / GRAPH_FILE)
@@ -160,6 +195,11 @@ def parse_project(project_dir: Path, target_path: Path, target: str, packages_ca
                                  "seconds": round(time.monotonic() - started, 3)}
     if partial:
         parsed["files_changed"] = partial[-1]
+    if state is not None and not (state / MANIFEST).exists():
+        problem = write_base_manifest(state)
+        if problem is not None:
+            parsed["state_unavailable"] = problem
+            return parsed
     if state is not None:
         # On the manifest just parsed (no second parse); the listed nodes come back as the result, printed
         # nowhere (the step's log would otherwise hold one line per modified node).
@@ -183,7 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", required=True, type=Path)
     parser.add_argument("--packages-cache", default=None, type=Path)
     parser.add_argument("--state", default=None, type=Path,
-                        help="Folder holding a base manifest.json: also list the nodes state:modified selects.")
+                        help="Folder holding a base manifest.json (or the base's partial_parse.msgpack, from which "
+                             "manifest.json is written there): also list the nodes state:modified selects.")
     args = parser.parse_args(argv)
     try:
         result = parse_project(args.project_dir, args.target_path, args.target, args.packages_cache, args.state)

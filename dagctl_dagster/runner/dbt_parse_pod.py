@@ -12,8 +12,10 @@ With `--plan-id` and `--base-commit` too (the run worker wants dbt's state compa
 YAMLs whose only change is in their data tests), the pod pins the base commit's kept manifest for the plan
 on the claim (`dbt_state/<plan id>/`, `adapters.dbt_manifest.pin_manifest`: the run worker pins in its
 storage the same way on the local backend), passes that folder to `runner.dbt_parse` as `--state` when it
-holds a manifest, and adds `"base_manifest_sha256"` to the result: the pinned manifest's hash, or `null`
-when "no manifest" is pinned. The first parse of a plan pins; the re-parse at execute finds the same pin.
+holds a manifest or the partial-parse file the parse writes it from (then `settle_pin` keeps the manifest
+only, and the claim's cache keeps it for the next plan with that base), and adds `"base_manifest_sha256"`
+to the result: the pinned manifest's hash, or `null` when "no manifest" is pinned. The first parse of a
+plan pins; the re-parse at execute finds the same pin.
 
 The pod has no file the run worker can read, so what the plan needs comes back as dagster-pipes custom
 messages in the pod's log:
@@ -117,23 +119,41 @@ def _keep_going(action: Any, pipes: Any, what: str) -> None:
         pipes.log.warning(f"could not {what} the parse cache: {error}; dbt parses without it")
 
 
-def _pin_base_manifest(pipes: Any, cache_dir: Path, cache: Any, plan_id: str, base_commit: str) -> dict[str, Any]:
-    """Pins the base commit's kept manifest for the plan on the claim; returns what the result reports:
-    `{BASE_MANIFEST_SHA256: <the pinned manifest's sha256, or None when "no manifest" is pinned>}`, or
-    nothing when the claim could not be used (the plan is then not narrowed, and the run log says why)."""
-    from ..adapters.dbt_manifest import MANIFEST, pin_manifest
+def _pin_base_manifest(pipes: Any, cache_dir: Path, cache: Any, plan_id: str, base_commit: str) -> Path | None:
+    """Pins the base commit's kept manifest (or its partial-parse file, which the parse writes the manifest
+    from) for the plan on the claim; the pinned folder, `None` when "no manifest" is pinned or the claim
+    could not be used (the plan is then not narrowed, and the run log says why)."""
+    from ..adapters.dbt_manifest import pin_manifest
 
     try:
-        pinned = pin_manifest(cache_dir / "dbt_state" / plan_id, cache, base_commit)
-        digest = hashlib.sha256((pinned / MANIFEST).read_bytes()).hexdigest() if pinned is not None else None
+        return pin_manifest(cache_dir / "dbt_state" / plan_id, cache, base_commit)
     except OSError as error:
         pipes.log.warning(f"could not pin the base manifest of plan {plan_id} on the parse cache: {error}; "
                           "dbt's state comparison does not narrow the plan")
+        return None
+
+
+def _report_pin(pipes: Any, cache_dir: Path, pinned: Path | None, cache: Any, plan_id: str,
+                base_commit: str) -> dict[str, Any]:
+    """After the parse: `{BASE_MANIFEST_SHA256: <the pinned manifest's sha256, or None when "no manifest" is
+    pinned>}`, or nothing when the claim could not be used."""
+    from ..adapters.dbt_manifest import MANIFEST, settle_pin
+
+    try:
+        if pinned is not None:
+            settle_pin(pinned, cache, base_commit)
+        folder = cache_dir / "dbt_state" / plan_id
+        if not folder.is_dir():
+            return {}
+        digest = hashlib.sha256((folder / MANIFEST).read_bytes()).hexdigest() if (folder / MANIFEST).exists() else None
+    except OSError as error:
+        pipes.log.warning(f"could not read the base manifest pinned for plan {plan_id}: {error}; dbt's state "
+                          "comparison does not narrow the plan")
         return {}
     pipes.log.info(f"state comparison of plan {plan_id}: " + (
         f"the manifest of commit {base_commit[:12]} pinned on the claim (sha256 {digest[:12]})" if digest
         else f"no manifest of commit {base_commit[:12]} is pinned on the claim (none was kept when the plan "
-             "was first parsed)"))
+             "was first parsed, or it could not be written)"))
     return {BASE_MANIFEST_SHA256: digest}
 
 
@@ -156,22 +176,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parse_argv = ["--target-path", str(known.target_path), "--target", known.target, "--output", str(known.output),
                   *rest]
     cache = DbtParseCache(known.cache_dir / "dbt_parse") if known.cache_dir and known.commit else None
-    pinned: dict[str, Any] = {}
+    compare = cache is not None and bool(known.plan_id and known.base_commit)
+    pinned: Path | None = None
     with open_dagster_pipes() as pipes:
         known.output.parent.mkdir(parents=True, exist_ok=True)
         if cache is not None:
             parse_argv += ["--packages-cache", str(known.cache_dir / "dbt_packages")]
             _keep_going(lambda: cache.seed(known.target_path, target=known.target, commit=known.commit), pipes, "read")
-            if known.plan_id and known.base_commit:
+            if compare:
                 pinned = _pin_base_manifest(pipes, known.cache_dir, cache, known.plan_id, known.base_commit)
-                if pinned.get(BASE_MANIFEST_SHA256):
-                    parse_argv += ["--state", str(known.cache_dir / "dbt_state" / known.plan_id)]
+                if pinned is not None:
+                    parse_argv += ["--state", str(pinned)]
         dbt_parse.main(parse_argv)
         if known.output.exists():
             result = json.loads(known.output.read_text())
         else:
             result = {"outcome": "environment_error", "message": "dbt's parse wrote no result"}
-        result.update(pinned)
+        if compare:
+            result.update(_report_pin(pipes, known.cache_dir, pinned, cache, known.plan_id, known.base_commit))
         graph = None
         if result.get("outcome") == "parsed":
             graph = read_parsed_graph(known.target_path)

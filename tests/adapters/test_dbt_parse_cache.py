@@ -5,16 +5,15 @@ from __future__ import annotations
 import os
 
 from dagctl_dagster.adapters import dbt_manifest
-from dagctl_dagster.adapters.dbt_manifest import MANIFEST, PARTIAL_PARSE, DbtParseCache, pin_manifest
+from dagctl_dagster.adapters.dbt_manifest import PARTIAL_PARSE, TARGET_FILE, DbtParseCache, pin_manifest
 
 
 def store(cache: DbtParseCache, tmp_path, commit: str, *, target: str, mtime: int) -> None:
     parsed = tmp_path / f"parsed-{commit}"
     parsed.mkdir()
-    (parsed / MANIFEST).write_text("{}")
     (parsed / PARTIAL_PARSE).write_text(commit)
     cache.store(commit, parsed, target=target)
-    os.utime(cache.folder / commit / MANIFEST, ns=(mtime, mtime))
+    os.utime(cache.folder / commit / TARGET_FILE, ns=(mtime, mtime))
 
 
 def test_seed_prefers_the_commits_own_file_then_the_newest_of_the_same_target(tmp_path):
@@ -42,4 +41,25 @@ def test_a_project_keeps_its_newest_pinned_manifests_only(tmp_path, monkeypatch)
 
     assert pin_manifest(pins / "jaffle-prod-3", cache, "a" * 40) == pins / "jaffle-prod-3"
     assert sorted(path.name for path in pins.iterdir()) == ["jaffle-prod-2", "jaffle-prod-3"]
-    assert (pins / "jaffle-prod-3" / MANIFEST).read_text() == "{}"
+    assert (pins / "jaffle-prod-3" / PARTIAL_PARSE).read_text() == "a" * 40  # the manifest is written from it
+
+
+def test_seed_skips_another_commits_file_parsed_on_a_snapshot_exported_in_the_same_second(tmp_path):
+    # dbt takes a schema YAML with its saved modification time as unchanged without reading it: seeded from
+    # a snapshot with the same times, dbt would miss every YAML change between the two commits.
+    cache = DbtParseCache(tmp_path / "cache")
+    snapshots = {}
+    for commit, mtime in (("a" * 40, 1_000_000_000), ("b" * 40, 1_000_000_000), ("c" * 40, 2_000_000_000)):
+        snapshots[commit] = tmp_path / f"snapshot-{commit[0]}"
+        snapshots[commit].mkdir()
+        (snapshots[commit] / "dbt_project.yml").write_text("name: jaffle\n")
+        os.utime(snapshots[commit] / "dbt_project.yml", ns=(mtime, mtime))
+    parsed = tmp_path / "parsed"
+    parsed.mkdir()
+    (parsed / PARTIAL_PARSE).write_text("a")
+    cache.store("a" * 40, parsed, target="prod", snapshot=snapshots["a" * 40])
+
+    assert cache.seed(tmp_path / "t1", target="prod", commit="b" * 40, snapshot=snapshots["b" * 40]) is None
+    assert cache.seed(tmp_path / "t2", target="prod", commit="c" * 40, snapshot=snapshots["c" * 40]) == "a" * 40
+    # Its own file, on its own snapshot: the same times are the same files (execute's re-parse).
+    assert cache.seed(tmp_path / "t3", target="prod", commit="a" * 40, snapshot=snapshots["a" * 40]) == "a" * 40

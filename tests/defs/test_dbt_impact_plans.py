@@ -17,7 +17,7 @@ from pathlib import Path
 from dagster import AssetKey
 from fixtures.git_repos import DBT_PROFILES
 
-from dagctl_dagster.adapters.dbt_manifest import read_dbt_graph
+from dagctl_dagster.adapters.dbt_manifest import read_dbt_graph, read_parsed_graph
 from dagctl_dagster.core.dbt_impact import ImpactStatus, ParseMode, render_impact_line, resolve_path_selection
 from dagctl_dagster.core.lifecycle import PlanStatus
 from dagctl_dagster.core.plan import build_plan_id
@@ -97,7 +97,9 @@ def test_model_change_lists_the_model_its_tests_and_its_downstream_models(deploy
                     "--target-path", str(cold), "--target", "prod", "--output", str(tmp_path / "cold.json")],
                    env=dbt_env(), check=True)
     assert json.loads((tmp_path / "cold.json").read_text())["mode"] == "cold"
-    assert read_dbt_graph(cold / "manifest.json").content_hash() == impact.graph_hash
+    assert read_parsed_graph(cold).content_hash() == impact.graph_hash
+    # And dbt's own manifest of a cold parse (the one `dbt ls` wrote) has that graph too.
+    assert graph.content_hash() == impact.graph_hash
 
 
 def test_execute_refuses_when_the_resolved_nodes_differ_from_the_approved_ones(deployed):
@@ -162,6 +164,9 @@ def test_macro_used_by_one_model_selects_that_model_with_the_deployed_manifest(d
     assert state.spec.commands[0][-2:] == ("--select", "fqn:jaffle.marts.orders")
     assert impact.base_manifest_hash and [n.unique_id for n in impact.downstream] == ["model.jaffle.customers"]
     assert {n.unique_id for n in impact.selected if n.resource_type == "model"} == {"model.jaffle.orders"}
+    # The deployed commit's parse kept its partial-parse file only; its manifest, written from that file for
+    # this comparison, is kept now for the next plan with the same base.
+    assert (deployed.storage_dir / "dbt_parse" / PROJECT / state.spec.base_commit / "manifest.json").exists()
 
 
 def test_macro_change_without_the_deployed_manifest_is_a_full_build(deployed):

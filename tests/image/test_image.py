@@ -38,7 +38,7 @@ from dagctl_dagster.adapters.kubernetes.specs import (
     build_plan_labels,
     build_step_pod,
 )
-from dagctl_dagster.adapters.dbt_manifest import read_dbt_graph
+from dagctl_dagster.adapters.dbt_manifest import read_parsed_graph
 from dagctl_dagster.adapters.sqlmesh import explain_sqlmesh_plan
 from dagctl_dagster.core.config import ProjectConfig
 from dagctl_dagster.core.dbt_changes import DbtScope, Scope
@@ -367,7 +367,16 @@ def test_dbt_parse_pod_reports_the_impact_the_local_parse_finds(jaffle_daemon, t
                    env={**os.environ, **environ}, check=True, timeout=600)
     assert json.loads((tmp_path / "local.json").read_text())["outcome"] == "parsed"
     deployed, claim = "d" * 40, tmp_path / "claim"
-    kept = json.loads((local_target / "manifest.json").read_text())
+    # The deployed commit's manifest as the parse step writes it for a state comparison (from the partial-parse
+    # file: plain parses write none), with the macro's SQL changed.
+    state = tmp_path / "state"
+    state.mkdir()
+    shutil.copy2(local_target / "partial_parse.msgpack", state)
+    subprocess.run([sys.executable, "-m", "dagctl_dagster.runner.dbt_parse", "--project-dir", str(work),
+                    "--target-path", str(tmp_path / "state-target"), "--target", "prod", "--output",
+                    str(tmp_path / "state.json"), "--state", str(state)],
+                   env={**os.environ, **environ}, check=True, timeout=600)
+    kept = json.loads((state / "manifest.json").read_text())
     macro = kept["macros"]["macro.jaffle.cents_to_dollars"]
     macro["macro_sql"] = macro["macro_sql"].replace("decimal(18, 4)", "decimal(20, 4)")
     (claim / "jaffle" / "dbt_parse" / deployed).mkdir(parents=True)
@@ -393,7 +402,7 @@ def test_dbt_parse_pod_reports_the_impact_the_local_parse_finds(jaffle_daemon, t
     assert exit_code == 0
     assert_ran_restricted(inspect)
     assert (result["outcome"], result["mode"]) == ("parsed", "cold"), result
-    local = read_dbt_graph(local_target / "manifest.json")
+    local = read_parsed_graph(local_target)
     assert graph.content_hash() == local.content_hash()
     selection = ("path:models/staging/stg_orders.sql",)
     assert build_selective_impact(graph, selection, parse=None) == build_selective_impact(local, selection, parse=None)

@@ -65,5 +65,45 @@ def test_packages_are_installed_once_per_packages_hash_and_the_next_parse_is_par
     assert (result["outcome"], result["mode"]) == ("parsed", "partial")
     assert (second / "dbt_packages" / "money" / "macros" / "to_euros.sql").exists()
     assert [path.name for path in cache.iterdir()] == [cached.name]
-    manifest = json.loads((tmp_path / "t2" / "manifest.json").read_text())
-    assert "macro.money.to_euros" in manifest["macros"]
+    # dbt's parse state holds the package's macro (msgpack keeps its strings as UTF-8 bytes).
+    assert b"macro.money.to_euros" in (tmp_path / "t2" / "partial_parse.msgpack").read_bytes()
+    assert not (tmp_path / "t2" / "manifest.json").exists()
+
+
+def test_the_base_manifest_written_from_a_partial_parse_file_is_the_one_dbt_parse_writes(tmp_path):
+    """A commit's manifest.json, needed only as the base of a state comparison, is written then from its
+    kept partial-parse file: the same manifest `dbt parse` writes (but for the format of one timestamp)."""
+    project = tmp_path / "jaffle"
+    shutil.copytree(EXAMPLES / "jaffle_dbt", project)
+    reference = tmp_path / "reference"
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "DAGCTL_WAREHOUSE_DIR": str(tmp_path),
+           "DBT_PROFILES_DIR": str(EXAMPLES / "dbt_profiles"), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
+    subprocess.run([str(Path(sys.executable).with_name("dbt")), "--quiet", "parse", "--project-dir", str(project),
+                    "--target-path", str(reference), "--target", "dev"], env=env, check=True)
+    state, target = tmp_path / "state", tmp_path / "target"
+    for folder in (state, target):
+        folder.mkdir()
+        shutil.copy2(reference / "partial_parse.msgpack", folder / "partial_parse.msgpack")
+    output = tmp_path / "result.json"
+    subprocess.run([sys.executable, "-m", "dagctl_dagster.runner.dbt_parse", "--project-dir", str(project),
+                    "--target-path", str(target), "--target", "dev", "--output", str(output),
+                    "--state", str(state)], env=env, check=True)
+
+    result = json.loads(output.read_text())
+    assert (result["outcome"], result["mode"], result["modified"]) == ("parsed", "partial", [])
+    written, parsed = (json.loads((folder / "manifest.json").read_text()) for folder in (state, reference))
+    for manifest in (written, parsed):  # "...Z" from dbt parse, "...+00:00" read back: the same instant
+        manifest["metadata"].pop("invocation_started_at")
+    assert written == parsed
+
+    # A partial-parse file this dbt cannot read: no comparison, and the result says why.
+    unreadable = tmp_path / "unreadable"
+    unreadable.mkdir()
+    (unreadable / "partial_parse.msgpack").write_bytes(b"not msgpack")
+    subprocess.run([sys.executable, "-m", "dagctl_dagster.runner.dbt_parse", "--project-dir", str(project),
+                    "--target-path", str(target), "--target", "dev", "--output", str(output),
+                    "--state", str(unreadable)], env=env, check=True)
+    result = json.loads(output.read_text())
+    assert result["outcome"] == "parsed" and "modified" not in result
+    assert result["state_unavailable"].startswith("the base commit's partial_parse.msgpack cannot be read by dbt ")
+    assert not (unreadable / "manifest.json").exists()

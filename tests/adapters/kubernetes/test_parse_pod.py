@@ -410,6 +410,7 @@ class ClaimStory:
     claim: Path
     storage: Path
     base_manifest_sha256: str
+    kept_manifest_sha256: str
     cluster: PlayedCluster
 
 
@@ -439,14 +440,16 @@ def claim_story(macro_world: World, instance: DagsterInstance) -> ClaimStory:
 
     early = detect(explain(runtime, world, plan_id=EARLY_PLAN))
     detect(explain(runtime, world, plan_id="jaffle-prod-d0d0d0d0", target=world.base, base=None))
-    kept = claim / "jaffle" / "dbt_parse" / world.base / "manifest.json"
-    base_manifest_sha256 = hashlib.sha256(kept.read_bytes()).hexdigest()
-    plan = detect(explain(runtime, world, plan_id=MACRO_PLAN))
+    kept = claim / "jaffle" / "dbt_parse" / world.base
+    plan = detect(explain(runtime, world, plan_id=MACRO_PLAN))  # writes the manifest from the kept parse file
+    pinned = claim / "jaffle" / "dbt_state" / MACRO_PLAN / "manifest.json"
+    base_manifest_sha256 = hashlib.sha256(pinned.read_bytes()).hexdigest()
+    kept_manifest_sha256 = hashlib.sha256((kept / "manifest.json").read_bytes()).hexdigest()
     early_again = detect(explain(runtime, world, plan_id=EARLY_PLAN))
-    shutil.rmtree(kept.parent)
+    shutil.rmtree(kept)
     again = detect(explain(runtime, world, plan_id=MACRO_PLAN))
     return ClaimStory(early, plan, early_again, again, logs, claim, world.root / "storage", base_manifest_sha256,
-                      cluster)
+                      kept_manifest_sha256, cluster)
 
 
 def test_with_a_claim_a_macro_used_by_one_model_narrows_to_that_model_in_the_pod(claim_story, macro_world):
@@ -481,6 +484,9 @@ def test_the_manifest_pinned_on_the_claim_is_recorded_in_the_fingerprint(claim_s
     pinned = claim_story.claim / "jaffle" / "dbt_state" / MACRO_PLAN / "manifest.json"
     assert impact.base_manifest_hash == claim_story.base_manifest_sha256
     assert hashlib.sha256(pinned.read_bytes()).hexdigest() == claim_story.base_manifest_sha256
+    # Written in the pod from the deployed commit's partial-parse file, and kept for the next plan.
+    assert claim_story.kept_manifest_sha256 == claim_story.base_manifest_sha256
+    assert not (pinned.parent / "partial_parse.msgpack").exists()
     drifted = impact.model_copy(update={"base_manifest_hash": "0" * 64})
     assert seal_plan(claim_story.plan.model_copy(update={"dbt_impact": drifted})).fingerprint != (
         claim_story.plan.fingerprint)
