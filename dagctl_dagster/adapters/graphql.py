@@ -316,7 +316,6 @@ query DagctlPlanEvents($key: AssetKeyInput!, $limit: Int!, $cursor: String, $par
   assetOrError(assetKey: $key) {
     __typename
     ... on Asset {
-      definition { id }
       assetEventHistory(limit: $limit, cursor: $cursor, partitions: $partitions,
                         eventTypeSelectors: [MATERIALIZATION, OBSERVATION]) {
         cursor
