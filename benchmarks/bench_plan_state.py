@@ -23,7 +23,7 @@ After each size, every line is timed alternately on the large history and on the
 - `plans list --limit 20` / `--limit 10`: the GraphQL client against Dagster's schema in-process (no
   webserver). The baseline has 10 plans: `--limit 20` shows 10 there and 20 in the large history (twice
   the plans and their events); `--limit 10` shows 10 plans on both sides. Then `--limit 20` again after a
-  late decision on each history's oldest plan (its first event is the history's first);
+  late decision on each history's oldest plan (its first event is the history's first), and `--limit 10`;
 - `plans show <the oldest plan>`: the client reading the history's first plan by its partition.
 
 Then prints, per storage and size, each line divided by its baseline (target <= 1.5 at 10,000 plans), the
@@ -210,8 +210,9 @@ def measure(small: World, large: World, sizes: list[int], repeat: int) -> tuple[
             results[size] = {name: _paired_medians(*actions, repeat) for name, actions in lines.items()}
             large.late_decision_on_the_oldest()
             small.late_decision_on_the_oldest()
-            results[size]["plans list --limit 20 after a late event of the oldest plan"] = _paired_medians(
-                lambda: client.list_plans(limit=20), lambda: base.list_plans(limit=20), repeat)
+            for limit in (20, 10):
+                results[size][f"plans list --limit {limit} after a late event of the oldest plan"] = _paired_medians(
+                    lambda: client.list_plans(limit=limit), lambda: base.list_plans(limit=limit), repeat)
         # The decisions recorded plan events: the next size starts from a moved mark, as after any event.
         print(f"{size:>6} plans ({large.written} events, written in {write_s:.0f} s), against {BASELINE} plans "
               "timed alternately: " + ", ".join(f"{name} {ms(pair[0])} vs {ms(pair[1])}"
