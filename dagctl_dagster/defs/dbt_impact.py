@@ -206,7 +206,8 @@ def build_dbt_impact(runtime: PlanRuntime, project: ProjectConfig, env: Environm
     compare, in_pod = comparable or bool(test_yamls), is_pinned_in_pod(project, env)
     state = pin_base_manifest(runtime, project, spec) if compare and not in_pod else None
     result, graph = _parse(runtime, project, env, spec, state, compare=compare)
-    if state is not None:
+    parsed = result.get("outcome") == "parsed"
+    if state is not None and parsed:  # a parse that failed before writing the manifest leaves the pin as it was
         settle_pin(state, DbtParseCache(runtime.storage_dir / "dbt_parse" / project.name), spec.base_commit or "-")
     # The pinned manifest's hash (`None`: "no manifest" is pinned): of the run worker's pin, or as the parse
     # pod reports its pin on the claim (a pod that ended before it could report leaves it unknown).
@@ -216,7 +217,8 @@ def build_dbt_impact(runtime: PlanRuntime, project: ProjectConfig, env: Environm
         pinned, known = (hashlib.sha256((state / MANIFEST).read_bytes()).hexdigest()
                          if state is not None and (state / MANIFEST).exists() else None), True
     if comparable and known and pinned is None:
-        why = result.get("state_unavailable") or f"no manifest of the deployed commit {spec.base_commit[:12]} is kept"
+        why = result.get("state_unavailable") or (
+            f"no manifest of the deployed commit {spec.base_commit[:12]} is kept" if parsed else "dbt did not parse")
         scope = scope.model_copy(update={"reason": f"{scope.reason} (dbt's state comparison cannot narrow it: "
                                           f"{why})"})
     outcome = result.get("outcome")

@@ -178,6 +178,17 @@ def test_macro_change_without_the_deployed_manifest_is_a_full_build(deployed):
     assert state.spec.dbt_impact.counts == {"model": 4, "seed": 2, "test": 17}
 
 
+def test_a_parse_failing_for_an_environment_reason_leaves_the_pinned_base_for_the_next_parse(deployed, monkeypatch):
+    monkeypatch.delenv("DAGCTL_WAREHOUSE_DIR")
+    change_macro(deployed)
+    state = deployed.explain()
+    pinned = deployed.storage_dir / "dbt_state" / PROJECT / state.plan_id
+    assert state.spec.dbt_impact.status is ImpactStatus.UNAVAILABLE
+    assert state.spec.dbt_scope.reason.endswith("(dbt's state comparison cannot narrow it: dbt did not parse)")
+    # Still the deployed commit's partial-parse file, not "no manifest": a later parse writes the manifest.
+    assert sorted(path.name for path in pinned.iterdir()) == ["base_commit", "partial_parse.msgpack"]
+
+
 def test_a_deployed_manifest_kept_only_after_explain_leaves_the_approved_scope_alone(deployed):
     cache = deployed.storage_dir / "dbt_parse" / PROJECT
     saved = deployed.root / "parse_cache_kept_elsewhere"
