@@ -9,6 +9,7 @@ written from that file (`runner.dbt_parse.write_base_manifest`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -210,17 +211,22 @@ def pin_manifest(pinned: Path, cache: DbtParseCache, base_commit: str) -> Path |
     return pinned if (pinned / MANIFEST).exists() or (pinned / PARTIAL_PARSE).exists() else None
 
 
-def settle_pin(pinned: Path, cache: DbtParseCache, base_commit: str) -> None:
-    """After the parse step with `--state pinned`: when it had to write the manifest from the pinned
-    partial-parse file (`runner.dbt_parse.write_base_manifest`), the pin keeps only the manifest (or pins
-    "no manifest" for good, if it could not be written), and the cache keeps that manifest for the next plan
-    with the same base."""
+def settle_pin(pinned: Path, cache: DbtParseCache, base_commit: str, *, parsed: bool) -> str | None:
+    """After the parse step with `--state pinned`: the sha256 of the pinned manifest (`None` when none is
+    pinned), as the plan's fingerprint records it.
+
+    When the parse wrote the manifest from the pinned partial-parse file (`runner.dbt_parse.
+    write_base_manifest`), the pin keeps only the manifest (or pins "no manifest" for good, if it could not
+    be written), and the cache keeps that manifest for the next plan with the same base. A parse that failed
+    (`parsed` false: it may not have got that far) leaves the pin as it was, for the next parse.
+    """
     partial = pinned / PARTIAL_PARSE
-    if not partial.exists():
-        return
-    partial.unlink()
-    if (pinned / MANIFEST).exists():
-        cache.keep_manifest(base_commit, pinned / MANIFEST)
+    if parsed and partial.exists():
+        partial.unlink()
+        if (pinned / MANIFEST).exists():
+            cache.keep_manifest(base_commit, pinned / MANIFEST)
+    manifest = pinned / MANIFEST
+    return hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.exists() else None
 
 
 def prune_pins(folder: Path) -> None:

@@ -339,7 +339,6 @@ fragment DagctlEntry on MetadataEntry {
 }"""
 
 
-
 _REPOSITORIES_QUERY = """
 query DagctlRepositories {
   repositoriesOrError {
@@ -632,10 +631,9 @@ class DagctlClient:
 
     def _list_unpartitioned(self, project: str, environment: str, wanted: PlanStatus | None,
                             since: datetime | None) -> list[tuple[float, PlanView]]:
-        return [(plan.state.spec.created_at.timestamp(), plan)
-                for plan in self._read_asset_plans(project, environment).values()
-                if (wanted is None or plan.status is wanted)
-                and (since is None or plan.state.spec.created_at >= since)]
+        plans = self._read_asset_plans(project, environment)
+        return _matching({plan_id: (plan.state.spec.created_at.timestamp(), plan) for plan_id, plan in plans.items()},
+                         wanted, since)
 
     def _read_plans_by_id(self, key: Mapping[str, Any], plan_ids: list[str]) -> dict[str, tuple[float, PlanView]]:
         """The plans with these ids, each read from its own events, with the time of its first event."""

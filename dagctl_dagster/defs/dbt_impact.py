@@ -22,7 +22,6 @@ image is sure to hold the project's adapter; its result and graph come back as d
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -31,7 +30,7 @@ from typing import Any
 
 from dagster import MetadataValue, TableColumn, TableRecord, TableSchema, get_dagster_logger
 
-from ..adapters.dbt_manifest import MANIFEST, DbtParseCache, pin_manifest, read_parsed_graph, settle_pin
+from ..adapters.dbt_manifest import DbtParseCache, pin_manifest, read_parsed_graph, settle_pin
 from ..core.config import EnvironmentConfig, KubernetesBackendConfig, ProjectConfig
 from ..core.dbt_changes import DbtScope, Scope, build_dbt_commands
 from ..core.dbt_impact import (
@@ -207,15 +206,14 @@ def build_dbt_impact(runtime: PlanRuntime, project: ProjectConfig, env: Environm
     state = pin_base_manifest(runtime, project, spec) if compare and not in_pod else None
     result, graph = _parse(runtime, project, env, spec, state, compare=compare)
     parsed = result.get("outcome") == "parsed"
-    if state is not None and parsed:  # a parse that failed before writing the manifest leaves the pin as it was
-        settle_pin(state, DbtParseCache(runtime.storage_dir / "dbt_parse" / project.name), spec.base_commit or "-")
     # The pinned manifest's hash (`None`: "no manifest" is pinned): of the run worker's pin, or as the parse
     # pod reports its pin on the claim (a pod that ended before it could report leaves it unknown).
     if in_pod:
         pinned, known = result.get(BASE_MANIFEST_SHA256), BASE_MANIFEST_SHA256 in result
     else:
-        pinned, known = (hashlib.sha256((state / MANIFEST).read_bytes()).hexdigest()
-                         if state is not None and (state / MANIFEST).exists() else None), True
+        cache = DbtParseCache(runtime.storage_dir / "dbt_parse" / project.name)
+        pinned = settle_pin(state, cache, spec.base_commit or "-", parsed=parsed) if state is not None else None
+        known = True
     if comparable and known and pinned is None:
         why = result.get("state_unavailable") or (
             f"no manifest of the deployed commit {spec.base_commit[:12]} is kept" if parsed else "dbt did not parse")

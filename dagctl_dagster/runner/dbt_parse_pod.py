@@ -133,20 +133,18 @@ def _pin_base_manifest(pipes: Any, cache_dir: Path, cache: Any, plan_id: str, ba
         return None
 
 
-def _report_pin(pipes: Any, cache_dir: Path, pinned: Path | None, cache: Any, plan_id: str,
-                base_commit: str, *, parsed: bool) -> dict[str, Any]:
+def _report_pin(pipes: Any, cache_dir: Path, cache: Any, plan_id: str, base_commit: str, *,
+                parsed: bool) -> dict[str, Any]:
     """After the parse: `{BASE_MANIFEST_SHA256: <the pinned manifest's sha256, or None when "no manifest" is
     pinned>}`, or nothing when the claim could not be used. A parse that failed (before it could write the
     manifest from a pinned partial-parse file) leaves the pin as it was."""
-    from ..adapters.dbt_manifest import MANIFEST, settle_pin
+    from ..adapters.dbt_manifest import settle_pin
 
     try:
-        if pinned is not None and parsed:
-            settle_pin(pinned, cache, base_commit)
         folder = cache_dir / "dbt_state" / plan_id
         if not folder.is_dir():
             return {}
-        digest = hashlib.sha256((folder / MANIFEST).read_bytes()).hexdigest() if (folder / MANIFEST).exists() else None
+        digest = settle_pin(folder, cache, base_commit, parsed=parsed)
     except OSError as error:
         pipes.log.warning(f"could not read the base manifest pinned for plan {plan_id}: {error}; dbt's state "
                           "comparison does not narrow the plan")
@@ -194,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             result = {"outcome": "environment_error", "message": "dbt's parse wrote no result"}
         if compare:
-            result.update(_report_pin(pipes, known.cache_dir, pinned, cache, known.plan_id, known.base_commit,
+            result.update(_report_pin(pipes, known.cache_dir, cache, known.plan_id, known.base_commit,
                                       parsed=result.get("outcome") == "parsed"))
         graph = None
         if result.get("outcome") == "parsed":
