@@ -280,7 +280,9 @@ def _mark_connection(storage: Any) -> Any:
     (short-lived credentials), use Dagster's connection.
     """
     url = getattr(storage, "postgres_url", None)
-    if not isinstance(url, str) or getattr(storage, "_token_provider", None) is not None:
+    # Only where Dagster's storage says it uses no token provider (an attribute a Dagster upgrade may rename:
+    # then Dagster's connection too).
+    if not isinstance(url, str) or getattr(storage, "_token_provider", "unknown") is not None:
         return storage.index_connection()
     with _held_lock:
         engine = _held_engines.get(url)
