@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 from dagctl_dagster.adapters import dbt_manifest
-from dagctl_dagster.adapters.dbt_manifest import PARTIAL_PARSE, TARGET_FILE, DbtParseCache, pin_manifest
+from dagctl_dagster.adapters.dbt_manifest import (
+    MANIFEST,
+    PARTIAL_PARSE,
+    TARGET_FILE,
+    DbtParseCache,
+    pin_manifest,
+    settle_pin,
+)
 
 
 def store(cache: DbtParseCache, tmp_path, commit: str, *, target: str, mtime: int) -> None:
@@ -63,3 +71,32 @@ def test_seed_skips_another_commits_file_parsed_on_a_snapshot_exported_in_the_sa
     assert cache.seed(tmp_path / "t2", target="prod", commit="c" * 40, snapshot=snapshots["c" * 40]) == "a" * 40
     # Its own file, on its own snapshot: the same times are the same files (execute's re-parse).
     assert cache.seed(tmp_path / "t3", target="prod", commit="a" * 40, snapshot=snapshots["a" * 40]) == "a" * 40
+
+
+def test_settle_pin_keeps_the_written_manifest_hashes_it_and_leaves_a_failed_parse_pinned(tmp_path):
+    cache = DbtParseCache(tmp_path / "cache")
+    base = "a" * 40
+    store(cache, tmp_path, base, target="prod", mtime=1)
+    pinned = tmp_path / "pin"
+    pinned.mkdir()
+    (pinned / PARTIAL_PARSE).write_text("base partial parse")
+
+    # A parse that failed (it may not have written the manifest yet): the pinned file stays for the next one.
+    assert settle_pin(pinned, cache, base, parsed=False) is None
+    assert (pinned / PARTIAL_PARSE).exists()
+
+    # The parse wrote the manifest from the pinned file: the pin keeps the manifest only, the cache keeps it too.
+    (pinned / MANIFEST).write_text('{"nodes": {}}')
+    digest = settle_pin(pinned, cache, base, parsed=True)
+    assert digest == hashlib.sha256(b'{"nodes": {}}').hexdigest()
+    assert not (pinned / PARTIAL_PARSE).exists()
+    assert (cache.folder / base / MANIFEST).read_text() == '{"nodes": {}}'
+    # Settling again (execute's re-parse) gives the same hash from the same bytes.
+    assert settle_pin(pinned, cache, base, parsed=True) == digest
+
+    # The parse could not write it (another dbt version's file): "no manifest" is pinned for good.
+    unreadable = tmp_path / "unreadable"
+    unreadable.mkdir()
+    (unreadable / PARTIAL_PARSE).write_text("written by another dbt")
+    assert settle_pin(unreadable, cache, base, parsed=True) is None
+    assert list(unreadable.iterdir()) == []
