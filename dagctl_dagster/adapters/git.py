@@ -17,6 +17,7 @@ This module never writes to the remote repository.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 import shlex
@@ -25,7 +26,7 @@ import signal
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
@@ -61,6 +62,13 @@ _CREDENTIAL_ERRORS = ("authentication failed", "could not read username", "could
 _EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 _FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 _AUTHOR = re.compile(rb"^author (.*) <(.*)> (\d+) ([+-]\d{4})$", re.MULTILINE)
+
+# The history `detect` reads: committer time, then author and committer, one commit a line.
+_HISTORY_FORMAT = "%ct%x00%an%x00%ae%x00%cn%x00%ce"
+# detect's record of the histories it read (see `_HistoryCache`), and how many bases it keeps.
+HISTORY_CACHE_NAME = "dagctl-history.json"
+_HISTORY_CACHE_VERSION = 1
+_HISTORY_CACHE_BASES = 32
 
 # Only branches are mirrored: `clone --mirror` would also copy e.g. GitHub's refs/pull/*, which can be huge.
 _BRANCHES_REFSPEC = "+refs/heads/*:refs/heads/*"
@@ -119,11 +127,96 @@ class ChangeRead:
 class CommitHistory:
     """The commits `target` has that `base` has not: how many, and who authored and committed them.
 
+    `identities` are in one canonical order whatever was read to find them (a whole `git log`, or an earlier
+    range extended by the history cache): the committer time of the newest commit carrying the identity,
+    newest first, ties by `(name, email)`. They are sealed into plans, so the order must not depend on the
+    cache.
+
     Example: `CommitHistory(ahead=2, identities=[("Ann", "ann@acme.io"), ("Carol", "carol@acme.io")])`.
     """
 
     ahead: int
     identities: list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class _RangeHistory:
+    """A range's commit count and, for each `(name, email)`, the committer time of its newest commit."""
+
+    ahead: int
+    newest: dict[tuple[str, str], int]
+
+    def to_commit_history(self) -> CommitHistory:
+        return CommitHistory(ahead=self.ahead, identities=_ordered_identities(self.newest))
+
+
+@dataclass(frozen=True)
+class _CachedRange:
+    """What the history cache holds for a base: the target it was read for and that range's history."""
+
+    target: str
+    history: _RangeHistory
+
+
+class _HistoryCache:
+    """`detect`'s record of the histories it read, so the next plan of the same base reads only new commits.
+
+    One JSON file in the mirror directory (`dagctl-history.json`): for each base commit, the target it was last
+    read for, `ahead`, and each identity with the committer time of its newest commit. It lives where the Git
+    objects live and is trusted as they are: whoever can write it can rewrite the mirror's history as well.
+    At most `_HISTORY_CACHE_BASES` bases are kept, the least recently written dropped. A missing, unreadable,
+    malformed or other-version file reads as empty (detect reads the whole range), and a failed write is
+    ignored: the cache only ever saves time. Written atomically (a temporary file, then `os.replace`); two
+    processes writing at once keep the last one's entries.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> dict[str, object]:
+        """The entries by base commit; empty when the file is missing or not ours."""
+        try:
+            data = json.loads(self.path.read_bytes())
+        except (OSError, ValueError, RecursionError):
+            return {}
+        if not isinstance(data, dict) or data.get("version") != _HISTORY_CACHE_VERSION:
+            return {}
+        bases = data.get("bases")
+        return bases if isinstance(bases, dict) else {}
+
+    def save(self, bases: Mapping[str, object], base: str, target: str, history: _RangeHistory) -> None:
+        """Writes `bases` with `base`'s entry replaced by `target`'s history, as the most recent one."""
+        entries = {key: entry for key, entry in bases.items() if key != base}
+        entries[base] = {"target": target, "ahead": history.ahead,
+                         "identities": [[*identity, history.newest[identity]]
+                                        for identity in _ordered_identities(history.newest)]}
+        kept = dict(list(entries.items())[-_HISTORY_CACHE_BASES:])
+        text = json.dumps({"version": _HISTORY_CACHE_VERSION, "bases": kept}, separators=(",", ":"))
+        temporary = None
+        try:
+            descriptor, temporary = tempfile.mkstemp(prefix=".dagctl-history-", dir=self.path.parent)
+            with os.fdopen(descriptor, "w") as handle:
+                os.fchmod(handle.fileno(), 0o644)  # mkstemp's 0600 would hide it from other readers of the mirror
+                handle.write(text)
+            os.replace(temporary, self.path)
+        except OSError:
+            if temporary is not None:
+                Path(temporary).unlink(missing_ok=True)
+
+
+def _get_cached_range(bases: Mapping[str, object], base: str) -> _CachedRange | None:
+    """`base`'s entry of the history cache, or None when it has none or it is malformed."""
+    entry = bases.get(base)
+    try:
+        target, ahead, identities = entry["target"], entry["ahead"], entry["identities"]
+        newest = {(name, email): time for name, email, time in identities}
+    except (TypeError, KeyError, ValueError):
+        return None
+    is_valid = (isinstance(target, str) and _FULL_SHA.fullmatch(target) is not None
+                and type(ahead) is int and ahead >= 0
+                and all(isinstance(name, str) and isinstance(email, str) and type(time) is int
+                        for (name, email), time in newest.items()))
+    return _CachedRange(target, _RangeHistory(ahead, newest)) if is_valid else None
 
 
 class PendingChange:
@@ -140,30 +233,44 @@ class PendingChange:
     """
 
     def __init__(self, mirror: GitMirror, base: str | None, target: str, *, entries: list[DiffEntry],
-                 info: CommitInfo, file_text: str | None, log: subprocess.Popen[bytes] | None) -> None:
+                 info: CommitInfo, file_text: str | None, log: subprocess.Popen[bytes] | None,
+                 cached: _CachedRange | None = None,
+                 record: Callable[[_RangeHistory], None] | None = None) -> None:
         self.entries = entries
         self.info = info
         self.file_text = file_text
         self._mirror, self._base, self._target = mirror, base, target
         self._log = log
+        self._cached, self._record = cached, record
         self._history: CommitHistory | None = None
 
     def history(self) -> CommitHistory:
         """The commits in `base..target` (the target alone without a base), waiting for `git log` if needed.
 
+        Read from the history cache's entry for `base` when there was one (see `start_change_read`), then
+        recorded in the cache for the next plan.
+
         Raises:
             DagctlGitError: the history cannot be read (the individual reads say why).
         """
         if self._history is None:
-            raw, status = (b"", 1) if self._log is None else _drain(self._log)
-            if status == 0:
-                ahead = raw.count(b"\n") if self._base is not None else 0
-                self._history = CommitHistory(ahead=ahead, identities=_parse_identities(raw))
-            else:
-                ahead = self._mirror.commits_ahead(self._base, self._target) if self._base else 0
-                self._history = CommitHistory(
-                    ahead=ahead, identities=self._mirror.list_commit_identities(self._base, self._target))
+            self._history = self._read_history().to_commit_history()
         return self._history
+
+    def _read_history(self) -> _RangeHistory:
+        cached = self._cached
+        if cached is not None and cached.target == self._target:
+            return cached.history  # A hit: no `git log` was started.
+        raw, status = (b"", 1) if self._log is None else _drain(self._log)
+        history = None
+        if status == 0:
+            history = (_parse_history(raw, is_counted=self._base is not None) if cached is None
+                       else _extend_history(raw, cached.history))
+        if history is None:  # git failed, or the cached range is not all in the target (history rewritten)
+            history = self._mirror._read_range_history(self._base, self._target)
+        if self._record is not None:
+            self._record(history)
+        return history
 
     def close(self) -> None:
         """Stops the `git log` if its output was never read; harmless after `history()`."""
@@ -302,7 +409,8 @@ class GitMirror:
 
     All reads (`resolve`, `read_file`, `diff`, `export_snapshot`...) use the mirror only; the network is used by
     `ensure` (first time), `remote_head` and `fetch`. Several processes may share one mirror: creating and
-    fetching it are serialized by a lock file next to it.
+    fetching it are serialized by a lock file next to it. Next to the Git objects, `dagctl-history.json` is
+    `detect`'s history cache (see `start_change_read`): deleting it only makes the next `detect` read more.
 
     Args:
         url: the repository URL as git accepts it (https, ssh, scp-like or a local path).
@@ -339,6 +447,7 @@ class GitMirror:
             if secret and len(secret) >= 3
         ]
         self._object_git: git.Git | None = None
+        self._history_cache = _HistoryCache(self.mirror_dir / HISTORY_CACHE_NAME)
 
     def __repr__(self) -> str:
         return f"GitMirror({redact_url(self.url)!r}, {str(self.mirror_dir)!r})"
@@ -543,8 +652,9 @@ class GitMirror:
 
     def list_commit_identities(self, base: str | None, target: str) -> list[tuple[str, str]]:
         """`(name, email)` of the author and the committer of every commit in `base..target`, each once, in
-        history order (newest first). Without `base` (a first deployment), of the target commit alone: the
-        whole history is not one person's change.
+        `CommitHistory`'s canonical order: newest committer time (of the newest commit carrying it) first, ties
+        by `(name, email)`. Without `base` (a first deployment), of the target commit alone: the whole history
+        is not one person's change.
 
         Raises:
             DagctlGitError: either commit is not in the mirror.
@@ -552,11 +662,19 @@ class GitMirror:
         Example: `mirror.list_commit_identities(deployed, head)` -> `[("Ann", "ann@acme.io"), ...]`.
         """
         target_sha = self.resolve(target)
-        args = _identities_args(self.resolve(base) if base else None, target_sha)
-        status, raw, stderr = self._execute(args, text=False)
+        history = self._read_range_history(self.resolve(base) if base else None, target_sha)
+        return history.to_commit_history().identities
+
+    def _read_range_history(self, base: str | None, target: str) -> _RangeHistory:
+        """The whole history of `base..target` (the target alone without a base) in one `git log`."""
+        status, raw, stderr = self._execute(_history_args(base, target), text=False)
         if status != 0:
+            # Say which commit is unknown, if one is.
+            if base is not None:
+                self.resolve(base)
+            self.resolve(target)
             raise self._error("list the commits of", stderr, hint=self._hint(stderr, network=False))
-        return _parse_identities(raw)
+        return _parse_history(raw, is_counted=base is not None)
 
     def commits_ahead(self, base: str, target: str) -> int:
         """How many commits `target` has that `base` has not (`git rev-list --count base..target`).
@@ -637,6 +755,15 @@ class GitMirror:
         with two free CPUs, `detect` takes about as long as that `log`. `target` (and `base`) must be full
         shas. On any failure it falls back to the individual reads, which raise the precise `DagctlGitError`.
 
+        The history cache (`dagctl-history.json` in the mirror, see `_HistoryCache`) makes the `log` short in
+        the sensor's steady state, where each plan's range extends the previous plan's: when it holds
+        `base -> t` (`base..t` was read before), `log --left-right target...t ^base` lists only the commits
+        of `target` that `t` lacks (`<`) and those of `t` that `target` lacks (`>`). Without a `>` line,
+        `base..target` is exactly those `<` commits plus `base..t`, so `ahead` adds up and the identities are
+        the union. Any `>` line (a force push dropped commits of `base..t`), or a failed `log`, means the
+        whole range is read again. When `t` is `target` no `log` runs at all. Every history read with a base
+        is recorded for the next plan.
+
         Example: `mirror.start_change_read(base, head, subdirectory="dbt", file_path="dbt/.dagctl/config.yaml")`.
         """
         self._require_mirror()
@@ -652,9 +779,12 @@ class GitMirror:
                      base or _EMPTY_TREE, target, "--"]
         if subdirectory:
             diff_args.append(f":(top,literal){subdirectory}/")
+        bases = self._history_cache.load() if base else {}
+        cached = _get_cached_range(bases, base) if base else None
+        log_args = _history_args(base, target) if cached is None else _extension_args(base, target, cached.target)
         # No stderr: on a failure the individual reads run again and say what went wrong.
-        log, diff = (subprocess.Popen(["git", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-                     for args in (_identities_args(base, target), diff_args))
+        log = None if cached is not None and cached.target == target else _start_git(log_args, env)
+        diff = _start_git(diff_args, env)
         try:
             try:
                 commit_raw: bytes | None = self._objects().get_object_data(target)[3]
@@ -663,8 +793,9 @@ class GitMirror:
                 commit_raw = file_raw = None
             diff_raw, diff_status = _drain(diff)
             if commit_raw is None or diff_status != 0:
-                log.kill()
-                _drain(log)
+                if log is not None:
+                    log.kill()
+                    _drain(log)
                 return PendingChange(
                     self, base, target, entries=self.diff(base, target, subdirectory=subdirectory),
                     info=self.commit_info(target), file_text=self.read_file(target, path), log=None)
@@ -678,10 +809,11 @@ class GitMirror:
             return PendingChange(
                 self, base, target,
                 entries=_parse_name_status(diff_raw.decode("utf-8", "surrogateescape"), subdirectory),
-                info=_parse_commit_object(target, commit_raw), file_text=file_text, log=log)
+                info=_parse_commit_object(target, commit_raw), file_text=file_text, log=log, cached=cached,
+                record=(lambda history: self._history_cache.save(bases, base, target, history)) if base else None)
         except BaseException:
             for process in (log, diff):
-                if process.returncode is None:
+                if process is not None and process.returncode is None:
                     process.kill()
                     _drain(process)
             raise
@@ -949,22 +1081,73 @@ def extract_data_archive(archive: tarfile.TarFile, directory: Path) -> None:
         archive.extract(member, directory)
 
 
-def _identities_args(base: str | None, target: str) -> list[str]:
+def _start_git(args: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(["git", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+
+
+def _history_args(base: str | None, target: str) -> list[str]:
     revisions = [f"{base}..{target}"] if base else ["-1", target]
-    return ["log", "--format=%an%x00%ae%x00%cn%x00%ce", *revisions, "--"]
+    return ["log", f"--format={_HISTORY_FORMAT}", *revisions, "--"]
 
 
-def _parse_identities(output: bytes) -> list[tuple[str, str]]:
-    """`(name, email)` of authors and committers in `_identities_args`'s output, each once, in order."""
-    identities: dict[tuple[str, str], None] = {}
-    # A few people write most commits: each distinct line is decoded and split once. A line's identities are
-    # first seen on its first occurrence, so the order is that of the whole output.
-    for line in dict.fromkeys(output.split(b"\n")):
-        fields = line.decode("utf-8", "replace").split("\0")
+def _extension_args(base: str, target: str, cached_target: str) -> list[str]:
+    """The commits of `target` that `cached_target` has not (`<`), and the reverse (`>`), outside `base`."""
+    return ["log", "--left-right", f"--format=%m{_HISTORY_FORMAT}", f"{target}...{cached_target}", f"^{base}",
+            "--"]
+
+
+def _parse_history(output: bytes, *, is_counted: bool) -> _RangeHistory:
+    """`_history_args`'s output: one line a commit (counted when `is_counted`)."""
+    return _RangeHistory(ahead=output.count(b"\n") if is_counted else 0, newest=_parse_newest(output.split(b"\n")))
+
+
+def _extend_history(output: bytes, cached: _RangeHistory) -> _RangeHistory | None:
+    """`cached` (the history of `base..t`) extended by `_extension_args`'s output; None if it has a `>` line:
+    then some commit of `base..t` is not in `target`, and the union would be wrong."""
+    if output.startswith(b">") or b"\n>" in output:
+        return None
+    lines = [line[1:] for line in output.split(b"\n") if line]
+    return _RangeHistory(ahead=cached.ahead + len(lines),
+                         newest=_merge_newest(cached.newest, _parse_newest(lines)))
+
+
+def _parse_newest(lines: Iterable[bytes]) -> dict[tuple[str, str], int]:
+    """For each `(name, email)` in lines `ct NUL an NUL ae NUL cn NUL ce`, the newest `ct` carrying it."""
+    # A few people write most commits: each distinct author-committer pair is decoded and split once.
+    by_people: dict[bytes, int] = {}
+    for line in lines:
+        stamp, _, people = line.partition(b"\0")
+        if people:
+            time = int(stamp)
+            if time > by_people.get(people, time - 1):
+                by_people[people] = time
+    newest: dict[tuple[str, str], int] = {}
+    for people, time in by_people.items():
+        fields = people.decode("utf-8", "replace").split("\0")
         if len(fields) == 4:
-            identities.setdefault((fields[0], fields[1]))
-            identities.setdefault((fields[2], fields[3]))
-    return list(identities)
+            for identity in ((fields[0], fields[1]), (fields[2], fields[3])):
+                if time > newest.get(identity, time - 1):
+                    newest[identity] = time
+    return newest
+
+
+def _merge_newest(first: Mapping[tuple[str, str], int],
+                  second: Mapping[tuple[str, str], int]) -> dict[tuple[str, str], int]:
+    """Every identity of either, with the newer of its two times."""
+    merged = dict(first)
+    for identity, time in second.items():
+        if time > merged.get(identity, time - 1):
+            merged[identity] = time
+    return merged
+
+
+def _ordered_identities(newest: Mapping[tuple[str, str], int]) -> list[tuple[str, str]]:
+    """The canonical order of identities: the newest commit carrying one first, ties by `(name, email)`.
+
+    It depends only on the set of commits, so a range read whole and one read as an earlier range plus its
+    new commits give the same list (history order would not: a union cannot place a merged branch's commits).
+    """
+    return sorted(newest, key=lambda identity: (-newest[identity], identity))
 
 
 def _drain(process: subprocess.Popen[bytes]) -> tuple[bytes, int]:
