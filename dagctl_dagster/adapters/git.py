@@ -749,7 +749,8 @@ class GitMirror:
         """Reads what `read_change` reads, and returns as soon as the diff is read: the history follows.
 
         Two git processes start together: `log` (it counts the commits and lists their authors and
-        committers, the longest read: it parses every commit object) first, then `diff`. The target's commit
+        committers, the longest read: it parses every commit object) first, then `diff` (`diff` first when the
+        history cache makes `log` short). The target's commit
         and the file come from a persistent `cat-file --batch` meanwhile. This returns once the diff is read,
         so the caller's own work on the files overlaps the `log`, which `PendingChange.history()` waits for:
         with two free CPUs, `detect` takes about as long as that `log`. `target` (and `base`) must be full
@@ -782,9 +783,12 @@ class GitMirror:
         bases = self._history_cache.load() if base else {}
         cached = _get_cached_range(bases, base) if base else None
         log_args = _history_args(base, target) if cached is None else _extension_args(base, target, cached.target)
-        # No stderr: on a failure the individual reads run again and say what went wrong.
-        log = None if cached is not None and cached.target == target else _start_git(log_args, env)
+        # The longer read starts first: a first plan's `log` (every commit object of the range), else the
+        # `diff`. No stderr: on a failure the individual reads run again and say what went wrong.
+        log = _start_git(log_args, env) if cached is None else None
         diff = _start_git(diff_args, env)
+        if cached is not None and cached.target != target:
+            log = _start_git(log_args, env)
         try:
             try:
                 commit_raw: bytes | None = self._objects().get_object_data(target)[3]
