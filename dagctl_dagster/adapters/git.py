@@ -69,6 +69,12 @@ _HISTORY_FORMAT = "%ct%x00%an%x00%ae%x00%cn%x00%ce"
 HISTORY_CACHE_NAME = "dagctl-history.json"
 _HISTORY_CACHE_VERSION = 1
 _HISTORY_CACHE_BASES = 32
+# New commits since the cached target read from their objects, without `git log`: at most this many, each
+# with one parent, no `encoding` header, and author and committer lines that git's own parser splits exactly
+# as this pattern does (no `<`, `>` or NUL in a name or an email; a name ends with no space; a plain zone).
+_WALK_LIMIT = 16
+_IDENT = rb"([^<>\n\0]*[^<>\s\0]) <([^<>\n\0]*)> (\d+) [+-]\d{4}\n"
+_WALKABLE_COMMIT = re.compile(rb"tree [0-9a-f]{40}\nparent ([0-9a-f]{40})\nauthor " + _IDENT + rb"committer " + _IDENT)
 
 # Only branches are mirrored: `clone --mirror` would also copy e.g. GitHub's refs/pull/*, which can be huge.
 _BRANCHES_REFSPEC = "+refs/heads/*:refs/heads/*"
@@ -234,14 +240,14 @@ class PendingChange:
 
     def __init__(self, mirror: GitMirror, base: str | None, target: str, *, entries: list[DiffEntry],
                  info: CommitInfo, file_text: str | None, log: subprocess.Popen[bytes] | None,
-                 cached: _CachedRange | None = None,
+                 cached: _CachedRange | None = None, known: _RangeHistory | None = None,
                  record: Callable[[_RangeHistory], None] | None = None) -> None:
         self.entries = entries
         self.info = info
         self.file_text = file_text
         self._mirror, self._base, self._target = mirror, base, target
         self._log = log
-        self._cached, self._record = cached, record
+        self._cached, self._known, self._record = cached, known, record
         self._history: CommitHistory | None = None
 
     def history(self) -> CommitHistory:
@@ -258,9 +264,14 @@ class PendingChange:
         return self._history
 
     def _read_history(self) -> _RangeHistory:
-        cached = self._cached
-        if cached is not None and cached.target == self._target:
-            return cached.history  # A hit: no `git log` was started.
+        cached, history = self._cached, self._known  # known: a hit, or new commits read without `git log`
+        if history is None:
+            history = self._read_log(cached)
+        if self._record is not None:
+            self._record(history)
+        return history
+
+    def _read_log(self, cached: _CachedRange | None) -> _RangeHistory:
         raw, status = (b"", 1) if self._log is None else _drain(self._log)
         history = None
         if status == 0:
@@ -268,8 +279,6 @@ class PendingChange:
                        else _extend_history(raw, cached.history))
         if history is None:  # git failed, or the cached range is not all in the target (history rewritten)
             history = self._mirror._read_range_history(self._base, self._target)
-        if self._record is not None:
-            self._record(history)
         return history
 
     def close(self) -> None:
@@ -762,8 +771,10 @@ class GitMirror:
         of `target` that `t` lacks (`<`) and those of `t` that `target` lacks (`>`). Without a `>` line,
         `base..target` is exactly those `<` commits plus `base..t`, so `ahead` adds up and the identities are
         the union. Any `>` line (a force push dropped commits of `base..t`), or a failed `log`, means the
-        whole range is read again. When `t` is `target` no `log` runs at all. Every history read with a base
-        is recorded for the next plan.
+        whole range is read again. No `log` runs when `t` is `target` (a hit), nor when `target` descends
+        from `t` by a few single-parent commits that `cat-file` reads exactly as `log` would (a push of new
+        commits on the branch: `diff` then runs alone, see `_walk_to_cached`). Every history read with a
+        base is recorded for the next plan.
 
         Example: `mirror.start_change_read(base, head, subdirectory="dbt", file_path="dbt/.dagctl/config.yaml")`.
         """
@@ -782,19 +793,23 @@ class GitMirror:
             diff_args.append(f":(top,literal){subdirectory}/")
         bases = self._history_cache.load() if base else {}
         cached = _get_cached_range(bases, base) if base else None
-        log_args = _history_args(base, target) if cached is None else _extension_args(base, target, cached.target)
+        is_hit = cached is not None and cached.target == target
         # The longer read starts first: a first plan's `log` (every commit object of the range), else the
         # `diff`. No stderr: on a failure the individual reads run again and say what went wrong.
-        log = _start_git(log_args, env) if cached is None else None
+        log = _start_git(_history_args(base, target), env) if cached is None else None
         diff = _start_git(diff_args, env)
-        if cached is not None and cached.target != target:
-            log = _start_git(log_args, env)
         try:
             try:
-                commit_raw: bytes | None = self._objects().get_object_data(target)[3]
-                file_raw: bytes | None = self._read_blob(f"{target}:{path}")
+                commit_raw: bytes | None = self._read_object(target, b"commit")
+                file_raw: bytes | None = self._read_object(f"{target}:{path}", b"blob")
             except ValueError:
                 commit_raw = file_raw = None
+            known = cached.history if is_hit and cached is not None else None
+            if cached is not None and not is_hit and commit_raw is not None:
+                assert base is not None
+                known = _walk_to_cached(self._read_commit, base, commit_raw, cached)
+                if known is None:
+                    log = _start_git(_extension_args(base, target, cached.target), env)
             diff_raw, diff_status = _drain(diff)
             if commit_raw is None or diff_status != 0:
                 if log is not None:
@@ -814,7 +829,8 @@ class GitMirror:
                 self, base, target,
                 entries=_parse_name_status(diff_raw.decode("utf-8", "surrogateescape"), subdirectory),
                 info=_parse_commit_object(target, commit_raw), file_text=file_text, log=log, cached=cached,
-                record=(lambda history: self._history_cache.save(bases, base, target, history)) if base else None)
+                known=known, record=None if base is None or is_hit else (
+                    lambda history: self._history_cache.save(bases, base, target, history)))
         except BaseException:
             for process in (log, diff):
                 if process is not None and process.returncode is None:
@@ -831,12 +847,16 @@ class GitMirror:
             self._object_git.update_environment(**self._mirror_env(self.mirror_dir))
         return self._object_git
 
-    def _read_blob(self, spec: str) -> bytes | None:
+    def _read_object(self, spec: str, kind: bytes) -> bytes | None:
+        """The object `spec` if it is a `kind` (`b"blob"`, `b"commit"`); None if missing or another kind."""
         try:
-            _, kind, _, data = self._objects().get_object_data(spec)
+            _, found, _, data = self._objects().get_object_data(spec)
         except ValueError:
-            return None  # `missing`: no such file at that commit
-        return data if kind == b"blob" else None
+            return None  # `missing`: e.g. no such file at that commit
+        return data if found == kind else None
+
+    def _read_commit(self, sha: str) -> bytes | None:
+        return self._read_object(sha, b"commit")
 
     def tree_id(self, commit: str, subdirectory: str | None = None) -> str:
         """The id of the tree of `commit` (or of its `subdirectory`): a content hash of the snapshot.
@@ -1113,6 +1133,36 @@ def _extend_history(output: bytes, cached: _RangeHistory) -> _RangeHistory | Non
     lines = [line[1:] for line in output.split(b"\n") if line]
     return _RangeHistory(ahead=cached.ahead + len(lines),
                          newest=_merge_newest(cached.newest, _parse_newest(lines)))
+
+
+def _walk_to_cached(read_commit: Callable[[str], bytes | None], base: str, target_raw: bytes,
+                    cached: _CachedRange) -> _RangeHistory | None:
+    """`base..target` read from commit objects when `target` descends from the cached target `t` by a short
+    chain of single-parent commits: `cached`'s history plus that chain's. None when it does not (a merge, a
+    longer or rewritten history, a commit this does not read exactly as `git log` would): `log` decides.
+
+    Exact: with `base..t` not empty, no commit above `t` is an ancestor of `base`, so `base..target` is the
+    chain plus `base..t`.
+    """
+    if cached.history.ahead == 0:
+        return None
+    newest: dict[tuple[str, str], int] = {}
+    raw: bytes | None = target_raw
+    for count in range(1, _WALK_LIMIT + 1):
+        headers = raw.partition(b"\n\n")[0] + b"\n" if raw is not None else b""
+        match = _WALKABLE_COMMIT.match(headers)
+        if match is None or b"\nencoding " in headers:
+            return None
+        parent, author, author_email, _, committer, committer_email, time = match.groups()
+        newest = _merge_newest(newest, {
+            (author.decode("utf-8", "replace"), author_email.decode("utf-8", "replace")): int(time),
+            (committer.decode("utf-8", "replace"), committer_email.decode("utf-8", "replace")): int(time)})
+        if parent.decode() == cached.target:
+            return _RangeHistory(cached.history.ahead + count, _merge_newest(cached.history.newest, newest))
+        if parent.decode() == base:
+            return None
+        raw = read_commit(parent.decode())
+    return None
 
 
 def _parse_newest(lines: Iterable[bytes]) -> dict[tuple[str, str], int]:

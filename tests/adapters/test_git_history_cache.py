@@ -79,7 +79,7 @@ def _people(*names: str) -> list[tuple[str, str]]:
     return [(name, f"{name}@example.com") for name in names]
 
 
-def test_a_range_extended_by_new_commits_reads_only_them_and_equals_a_cold_read(tmp_path):
+def test_a_range_extended_by_a_few_commits_reads_only_their_objects_and_equals_a_cold_read(tmp_path):
     repo = make_repo(tmp_path / "repo")
     base = repo.head
     for minute, author in enumerate(("ann", "bob", "ann"), 1):
@@ -95,7 +95,7 @@ def test_a_range_extended_by_new_commits_reads_only_them_and_equals_a_cold_read(
     logs = _logs_run(trace)
     warm_spec = _explain(mirror, base, target)
 
-    assert len(logs) == 1 and "--left-right" in logs[0] and f"{target}...{earlier} ^{base}" in logs[0]
+    assert logs == []  # the two new commits were read from their objects, the rest from the cache
     cold = _read(_cold_mirror(repo, tmp_path), base, target)
     # bob authored and carol committed the newest commit (a tie broken by name), then dave's, then ann's.
     assert (warm.ahead, warm.identities) == (cold.ahead, cold.identities) == (5, _people("bob", "carol", "dave", "ann"))
@@ -103,6 +103,69 @@ def test_a_range_extended_by_new_commits_reads_only_them_and_equals_a_cold_read(
     assert warm_spec == cold_spec  # the whole sealed plan: authors and commits ahead included
     assert warm_spec.fingerprint == cold_spec.fingerprint
     assert earlier_spec.commits_ahead == 3
+
+
+def test_a_range_extended_by_more_commits_than_are_read_as_objects_lists_them_with_git_log(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    base = repo.head
+    earlier = _commit(repo, "Before", author="ann", at=T0)
+    for number in range(1, 18):  # more new commits than `detect` reads one by one
+        _commit(repo, f"Change {number}", author=f"dev{number % 3}", at=T0 + 60 * number)
+    target = repo.head
+    repo.git("push", "-q", "origin", "HEAD:main")
+    mirror, trace = _traced_mirror(repo, tmp_path)
+    _read(mirror, base, earlier)
+    _logs_run(trace)
+
+    warm = _read(mirror, base, target)
+    logs = _logs_run(trace)
+
+    assert len(logs) == 1 and "--left-right" in logs[0] and f"{target}...{earlier} ^{base}" in logs[0]
+    cold = _read(_cold_mirror(repo, tmp_path), base, target)
+    # dev2 wrote the newest commit (17 % 3), dev1 the one before, dev0 the one before that; ann the oldest.
+    expected = _people("carol", "dev2", "dev1", "dev0", "ann")
+    assert (warm.ahead, warm.identities) == (cold.ahead, cold.identities) == (18, expected)
+
+
+def test_a_new_commit_with_another_encoding_is_listed_by_git_log(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    base = repo.head
+    earlier = _commit(repo, "Before", author="ann", at=T0)
+    repo.git("push", "-q", "origin", "HEAD:main")
+    mirror, trace = _traced_mirror(repo, tmp_path)
+    _read(mirror, base, earlier)
+    env = {**os.environb, b"GIT_AUTHOR_NAME": b"Jos\xe9", b"GIT_AUTHOR_EMAIL": b"jose@example.com",
+           b"GIT_COMMITTER_DATE": b"@%d +0000" % (T0 + 60), b"GIT_AUTHOR_DATE": b"@%d +0000" % (T0 + 60)}
+    subprocess.run(["git", "-c", "i18n.commitEncoding=latin-1", "-c", f"user.name={DEFAULT_AUTHOR}",
+                    "-c", f"user.email={DEFAULT_AUTHOR}@example.com", "commit", "-q", "--allow-empty", "-m",
+                    "Latin-1"], cwd=repo.work, env=env, check=True)
+    target = repo.head
+    repo.git("push", "-q", "origin", "HEAD:main")
+    mirror.fetch()
+    _logs_run(trace)
+
+    warm = _read(mirror, base, target)
+    logs = _logs_run(trace)
+
+    # Its object holds the name in Latin-1; `git log` gives it in UTF-8, as a read of the whole range does.
+    assert len(logs) == 1 and "--left-right" in logs[0]
+    cold = _read(_cold_mirror(repo, tmp_path), base, target)
+    assert warm.identities == cold.identities
+    assert warm.identities[:2] == [("José", "jose@example.com"), ("carol", "carol@example.com")]
+
+
+def test_an_empty_cached_range_is_never_extended_by_reading_objects(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    behind = _commit(repo, "Behind", author="ann", at=T0)
+    base = _commit(repo, "Base", author="bob", at=T0 + 60)
+    repo.git("push", "-q", "origin", "HEAD:main")
+    mirror, trace = _traced_mirror(repo, tmp_path)
+    assert _read(mirror, base, behind).ahead == 0  # a range whose target is behind its base: cached, empty
+
+    read = _read(mirror, base, base)  # the base's parent is the cached target, yet base..base is empty
+
+    assert (read.ahead, read.identities) == (0, [])
+    assert _read(_cold_mirror(repo, tmp_path), base, base) == read
 
 
 def test_a_branch_merged_after_the_earlier_plan_gives_the_cold_read_in_the_canonical_order(tmp_path):
