@@ -18,7 +18,10 @@ Then it measures, against baselines measured in the same run (medians of `--repe
    run in the same mirror, in two states of `detect`'s history cache (`dagctl-history.json` in the mirror):
    - the sensor's steady state, the target line: the range extended by one commit since the last plan. Before
      every timed run the cache is put back as `detect` of `base..target~1` left it (those bytes were saved
-     once), so `detect` reads the one new commit's history only. Target: at most 2.0.
+     once), so `detect` reads the one new commit's object only (no `git log`). Target: at most 2.0.
+   - the range extended by 5 commits, more than `detect` reads one by one: the cache of `base..target~5`
+     is put back, and `git log --left-right target...target~5 ^base` lists the new commits (the path of
+     longer pushes and of merges). No target.
    - the first plan of the range: the cache file is deleted before every timed run, so `detect` reads every
      commit object of the range (no target: on two CPUs its floor, `git log` and `git diff` together, is
      about 2.0 already).
@@ -32,10 +35,10 @@ Then it measures, against baselines measured in the same run (medians of `--repe
 
 More lines explain the first ratios (no target): `git log` alone, the history read of a first plan next to
 its `git diff` (it reads every commit object for the authors and committers, the longest of detect's reads);
-the steady state's `git log --left-right target...target~1 ^base` alone; the first plan's `git log` and the
-`git diff` started together and read, nothing else (the floor of a first plan); and `detect` of a first plan
-on a new `GitMirror` each time (a plan run's first detect also starts the `cat-file --batch` process that the
-timed runs above reuse).
+the 5-commit extension's `git log --left-right target...target~5 ^base` alone; the first plan's `git log`
+and the `git diff` started together and read, nothing else (the floor of a first plan); and `detect` of a
+first plan on a new `GitMirror` each time (a plan run's first detect also starts the `cat-file --batch`
+process that the timed runs above reuse).
 
 It also checks the answers: `detect` reports exactly the touched files (and selects exactly them), and
 dbt's `state:modified` selection has nodes from every touched file and exactly the touched SQL models.
@@ -70,6 +73,10 @@ MODELS_PER_FOLDER = 20
 YAML_SHARE = 10
 NOW = datetime(2024, 1, 1, tzinfo=UTC)
 FIRST_COMMIT_TIME = 1_700_000_000
+
+# A plan whose range extends the last one by more commits than `detect` reads one by one lists them with
+# `git log --left-right` (GitMirror.start_change_read).
+FAR_EXTENSION = 5
 
 TARGET_GIT_RATIO = 2.0
 TARGET_DBT_RATIO = 10.0
@@ -143,6 +150,7 @@ class BenchRepository:
     url: str
     base: str
     previous: str
+    far_previous: str
     target: str
     touched: tuple[str, ...]
 
@@ -309,8 +317,8 @@ def git(*args: str, git_dir: Path, stdin: bytes | None = None, env: dict[str, st
 
 def generate_repository(folder: Path, models: int, commits: int, touched_count: int) -> BenchRepository:
     """A bare repository `folder/remote.git` with the base commit and `commits` commits on `main`."""
-    if commits < touched_count:
-        raise SystemExit(f"--commits ({commits}) must be at least --files ({touched_count})")
+    if commits < max(touched_count, FAR_EXTENSION):
+        raise SystemExit(f"--commits ({commits}) must be at least --files ({touched_count}) and {FAR_EXTENSION}")
     files = build_project_files(models)
     touched = choose_touched_files(sorted(files), touched_count)
     remote = folder / "remote.git"
@@ -320,6 +328,7 @@ def generate_repository(folder: Path, models: int, commits: int, touched_count: 
         url=str(remote),
         base=git("rev-parse", f"main~{commits}", git_dir=remote).strip(),
         previous=git("rev-parse", "main~1", git_dir=remote).strip(),
+        far_previous=git("rev-parse", f"main~{FAR_EXTENSION}", git_dir=remote).strip(),
         target=git("rev-parse", "main", git_dir=remote).strip(),
         touched=touched,
     )
@@ -359,10 +368,10 @@ def run_git_log(mirror_dir: Path, repository: BenchRepository) -> str:
 
 
 def run_git_log_extension(mirror_dir: Path, repository: BenchRepository) -> str:
-    """The history read of the steady state alone: the commits of target that target~1 lacks, and the
-    reverse, outside base (what `detect` runs when its cache holds base..target~1)."""
+    """The history read of the 5-commit extension alone: the commits of target that target~5 lacks, and
+    the reverse, outside base (what `detect` runs when its cache holds base..target~5)."""
     return git("log", "--left-right", "--format=%m%ct%x00%an%x00%ae%x00%cn%x00%ce",
-               f"{repository.target}...{repository.previous}", f"^{repository.base}", "--",
+               f"{repository.target}...{repository.far_previous}", f"^{repository.base}", "--",
                git_dir=mirror_dir, env={**os.environ, "GIT_FLUSH": "0"})
 
 
@@ -460,6 +469,8 @@ class BenchResults:
     git_runs: tuple[float, ...]
     steady_detect_runs: tuple[float, ...]
     steady_git_runs: tuple[float, ...]
+    far_detect_runs: tuple[float, ...]
+    far_git_runs: tuple[float, ...]
     log_runs: tuple[float, ...]
     extension_log_runs: tuple[float, ...]
     floor_runs: tuple[float, ...]
@@ -468,6 +479,7 @@ class BenchResults:
     memory: tuple[MemoryReport, ...]
     spec: PlanSpec
     steady_spec: PlanSpec
+    far_spec: PlanSpec
     git_diff_lines: int
     selection: DbtSelection
 
@@ -495,12 +507,18 @@ def measure(root: Path, args: argparse.Namespace) -> BenchResults:
     cache_file = mirror_dir / HISTORY_CACHE_NAME
     run_detect(mirror, project, repository, target=repository.previous)
     previous_plan_cache = cache_file.read_bytes()
+    cache_file.unlink()
+    run_detect(mirror, project, repository, target=repository.far_previous)
+    far_plan_cache = cache_file.read_bytes()
 
     def first_plan() -> None:
         cache_file.unlink(missing_ok=True)
 
     def extended_by_one_commit() -> None:
         cache_file.write_bytes(previous_plan_cache)
+
+    def extended_by_far() -> None:
+        cache_file.write_bytes(far_plan_cache)
 
     def nothing() -> None:
         pass
@@ -510,11 +528,14 @@ def measure(root: Path, args: argparse.Namespace) -> BenchResults:
     spec = run_detect(mirror, project, repository)
     extended_by_one_commit()
     steady_spec = run_detect(mirror, project, repository)
+    extended_by_far()
+    far_spec = run_detect(mirror, project, repository)
     git_diff_lines = len(run_git_diff(mirror_dir, repository).splitlines())
     progress(f"timing detect (first plan, extended range), git diff, git logs, log + diff, detect on a new "
              f"GitMirror: {args.repeat} runs each")
     runs: dict[str, list[float]] = {name: [] for name in (
-        "detect", "git", "steady_detect", "steady_git", "log", "extension_log", "floor", "fresh_detect")}
+        "detect", "git", "steady_detect", "steady_git", "far_detect", "far_git", "log", "extension_log", "floor",
+        "fresh_detect")}
     for repetition in range(args.repeat):
         fresh_mirror = GitMirror(repository.url, mirror_dir)
         # (samples, untimed preparation, timed action); each detect line has its own git diff line next to it.
@@ -523,6 +544,8 @@ def measure(root: Path, args: argparse.Namespace) -> BenchResults:
             ("git", nothing, lambda: run_git_diff(mirror_dir, repository)),
             ("steady_detect", extended_by_one_commit, lambda: run_detect(mirror, project, repository)),
             ("steady_git", nothing, lambda: run_git_diff(mirror_dir, repository)),
+            ("far_detect", extended_by_far, lambda: run_detect(mirror, project, repository)),
+            ("far_git", nothing, lambda: run_git_diff(mirror_dir, repository)),
             ("log", nothing, lambda: run_git_log(mirror_dir, repository)),
             ("extension_log", nothing, lambda: run_git_log_extension(mirror_dir, repository)),
             ("floor", nothing, lambda: run_git_log_and_diff(mirror_dir, repository)),
@@ -552,6 +575,8 @@ def measure(root: Path, args: argparse.Namespace) -> BenchResults:
         git_runs=tuple(runs["git"]),
         steady_detect_runs=tuple(runs["steady_detect"]),
         steady_git_runs=tuple(runs["steady_git"]),
+        far_detect_runs=tuple(runs["far_detect"]),
+        far_git_runs=tuple(runs["far_git"]),
         log_runs=tuple(runs["log"]),
         extension_log_runs=tuple(runs["extension_log"]),
         floor_runs=tuple(runs["floor"]),
@@ -560,6 +585,7 @@ def measure(root: Path, args: argparse.Namespace) -> BenchResults:
         memory=tuple(memory),
         spec=spec,
         steady_spec=steady_spec,
+        far_spec=far_spec,
         git_diff_lines=git_diff_lines,
         selection=selections[-1],
     )
@@ -612,8 +638,10 @@ def print_report(results: BenchResults, args: argparse.Namespace) -> None:
         ("detect, first plan of the range (no history cache)", results.detect_runs),
         ("git diff --name-status base target (next to the extended one)", results.steady_git_runs),
         ("detect, range extended by one commit since the last plan", results.steady_detect_runs),
+        ("git diff --name-status base target (next to the 5-commit one)", results.far_git_runs),
+        ("detect, range extended by 5 commits (git log --left-right)", results.far_detect_runs),
         ("  git log of a first plan's history read, alone", results.log_runs),
-        ("  git log --left-right target...target~1 ^base, alone", results.extension_log_runs),
+        ("  git log --left-right target...target~5 ^base, alone", results.extension_log_runs),
         ("  first plan's git log and git diff together, only", results.floor_runs),
         ("  detect, first plan, on a new GitMirror (starts cat-file)", results.fresh_detect_runs),
         ("dbt parse base + dbt ls state:modified target", results.dbt_runs),
@@ -635,6 +663,8 @@ def print_report(results: BenchResults, args: argparse.Namespace) -> None:
         ("detect / git diff, range extended by one commit", steady_ratio, TARGET_GIT_RATIO),
         ("  (the same, median of paired runs)", paired_ratio(results.steady_detect_runs, results.steady_git_runs),
          None),
+        ("  (range extended by 5 commits, git log --left-right)",
+         statistics.median(results.far_detect_runs) / statistics.median(results.far_git_runs), None),
         ("  (first plan of the range, no history cache: no target)", git_ratio, None),
         ("  (first plan, median of paired runs)", paired_ratio(results.detect_runs, results.git_runs), None),
         ("  (its floor on two CPUs: its git log + git diff together)",
@@ -664,6 +694,7 @@ def print_report(results: BenchResults, args: argparse.Namespace) -> None:
     print(f"  detect with the history cache of base..target~1 gives the same sealed plan as without it "
           f"({len(spec.authors)} identities, {spec.commits_ahead} commits ahead)  "
           f"{verdict(results.steady_spec == spec)}")
+    print(f"  the same with the history cache of base..target~{FAR_EXTENSION}  {verdict(results.far_spec == spec)}")
     print(
         f"  detect: {len(spec.files)} changed files (expected {len(touched)}), scope {spec.dbt_scope.scope.value}, "
         f"{len(spec.dbt_scope.selection)} path: selectors; git diff lists {results.git_diff_lines} files  "

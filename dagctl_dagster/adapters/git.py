@@ -72,7 +72,7 @@ _HISTORY_CACHE_BASES = 32
 # New commits since the cached target read from their objects, without `git log`: at most this many, each
 # with one parent, no `encoding` header, and author and committer lines that git's own parser splits exactly
 # as this pattern does (no `<`, `>` or NUL in a name or an email; a name ends with no space; a plain zone).
-_WALK_LIMIT = 16
+_WALK_LIMIT = 4
 _IDENT = rb"([^<>\n\0]*[^<>\s\0]) <([^<>\n\0]*)> (\d+) [+-]\d{4}\n"
 _WALKABLE_COMMIT = re.compile(rb"tree [0-9a-f]{40}\nparent ([0-9a-f]{40})\nauthor " + _IDENT + rb"committer " + _IDENT)
 
