@@ -63,7 +63,8 @@ _EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 _FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 _AUTHOR = re.compile(rb"^author (.*) <(.*)> (\d+) ([+-]\d{4})$", re.MULTILINE)
 
-# The history `detect` reads: committer time, then author and committer, one commit a line.
+# The history `detect` reads: committer time, then author and committer, one commit a line (always in UTF-8,
+# whatever `i18n.logOutputEncoding` says, as the commit objects read without `log` are).
 _HISTORY_FORMAT = "%ct%x00%an%x00%ae%x00%cn%x00%ce"
 # detect's record of the histories it read (see `_HistoryCache`), and how many bases it keeps.
 HISTORY_CACHE_NAME = "dagctl-history.json"
@@ -759,8 +760,8 @@ class GitMirror:
 
         Two git processes start together: `log` (it counts the commits and lists their authors and
         committers, the longest read: it parses every commit object) first, then `diff` (`diff` first when the
-        history cache makes `log` short). The target's commit
-        and the file come from a persistent `cat-file --batch` meanwhile. This returns once the diff is read,
+        history cache makes `log` short). The target's commit and the file come from a persistent
+        `cat-file --batch` meanwhile. This returns once the diff is read,
         so the caller's own work on the files overlaps the `log`, which `PendingChange.history()` waits for:
         with two free CPUs, `detect` takes about as long as that `log`. `target` (and `base`) must be full
         shas. On any failure it falls back to the individual reads, which raise the precise `DagctlGitError`.
@@ -804,9 +805,8 @@ class GitMirror:
                 file_raw: bytes | None = self._read_object(f"{target}:{path}", b"blob")
             except ValueError:
                 commit_raw = file_raw = None
-            known = cached.history if is_hit and cached is not None else None
-            if cached is not None and not is_hit and commit_raw is not None:
-                assert base is not None
+            known = cached.history if cached is not None and is_hit else None
+            if cached is not None and base and not is_hit and commit_raw is not None:
                 known = _walk_to_cached(self._read_commit, base, commit_raw, cached)
                 if known is None:
                     log = _start_git(_extension_args(base, target, cached.target), env)
@@ -1111,13 +1111,13 @@ def _start_git(args: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen[
 
 def _history_args(base: str | None, target: str) -> list[str]:
     revisions = [f"{base}..{target}"] if base else ["-1", target]
-    return ["log", f"--format={_HISTORY_FORMAT}", *revisions, "--"]
+    return ["log", "--encoding=UTF-8", f"--format={_HISTORY_FORMAT}", *revisions, "--"]
 
 
 def _extension_args(base: str, target: str, cached_target: str) -> list[str]:
     """The commits of `target` that `cached_target` has not (`<`), and the reverse (`>`), outside `base`."""
-    return ["log", "--left-right", f"--format=%m{_HISTORY_FORMAT}", f"{target}...{cached_target}", f"^{base}",
-            "--"]
+    return ["log", "--encoding=UTF-8", "--left-right", f"--format=%m{_HISTORY_FORMAT}",
+            f"{target}...{cached_target}", f"^{base}", "--"]
 
 
 def _parse_history(output: bytes, *, is_counted: bool) -> _RangeHistory:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 from fixtures.git_repos import make_repo
 
-from dagctl_dagster.adapters.git import GitMirror
+from dagctl_dagster.adapters.git import GitMirror, git_environment
 
 
 def test_every_author_and_committer_between_base_and_target_is_listed_once(tmp_path, monkeypatch):
@@ -39,3 +41,17 @@ def test_detects_read_lists_the_same_identities_and_counts_the_commits(tmp_path)
     assert read.identities == mirror.list_commit_identities(base, repo.head) == [
         ("ann", "ann@example.com"), ("carol", "carol@example.com")]
     assert read.ahead == mirror.commits_ahead(base, repo.head) == 2
+
+
+def test_identities_are_read_in_utf8_whatever_the_log_output_encoding_configured(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    base = repo.head
+    repo.commit("By José", {"a.txt": "1\n"}, author="José")
+    latin1_log = {**os.environ, "GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "i18n.logOutputEncoding",
+                  "GIT_CONFIG_VALUE_0": "ISO-8859-1"}
+    mirror = GitMirror(repo.url, tmp_path / "mirror.git", env=git_environment(latin1_log))
+    mirror.ensure()
+
+    # The commit objects are UTF-8, as `detect` reads new commits without `git log`: both must agree.
+    assert ("José", "José@example.com") in mirror.list_commit_identities(base, repo.head)
+    assert ("José", "José@example.com") in mirror.read_change(base, repo.head, file_path="a.txt").identities
