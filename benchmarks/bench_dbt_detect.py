@@ -77,6 +77,8 @@ FIRST_COMMIT_TIME = 1_700_000_000
 # A plan whose range extends the last one by more commits than `detect` reads one by one lists them with
 # `git log --left-right` (GitMirror.start_change_read).
 FAR_EXTENSION = 5
+# What `detect`'s `git log` prints of each commit.
+HISTORY_FORMAT = "%ct%x00%an%x00%ae%x00%cn%x00%ce"
 
 TARGET_GIT_RATIO = 2.0
 TARGET_DBT_RATIO = 10.0
@@ -363,14 +365,14 @@ def run_git_diff(mirror_dir: Path, repository: BenchRepository) -> str:
 def run_git_log(mirror_dir: Path, repository: BenchRepository) -> str:
     """The history read of a first plan's `detect` alone: the committer time, author and committer of every
     commit from base to target, with the same arguments and the same `GIT_FLUSH=0`."""
-    return git("log", "--format=%ct%x00%an%x00%ae%x00%cn%x00%ce", f"{repository.base}..{repository.target}",
+    return git("log", "--encoding=UTF-8", f"--format={HISTORY_FORMAT}", f"{repository.base}..{repository.target}",
                "--", git_dir=mirror_dir, env={**os.environ, "GIT_FLUSH": "0"})
 
 
 def run_git_log_extension(mirror_dir: Path, repository: BenchRepository) -> str:
     """The history read of the 5-commit extension alone: the commits of target that target~5 lacks, and
     the reverse, outside base (what `detect` runs when its cache holds base..target~5)."""
-    return git("log", "--left-right", "--format=%m%ct%x00%an%x00%ae%x00%cn%x00%ce",
+    return git("log", "--encoding=UTF-8", "--left-right", f"--format=%m{HISTORY_FORMAT}",
                f"{repository.target}...{repository.far_previous}", f"^{repository.base}", "--",
                git_dir=mirror_dir, env={**os.environ, "GIT_FLUSH": "0"})
 
@@ -382,7 +384,7 @@ def run_git_log_and_diff(mirror_dir: Path, repository: BenchRepository) -> None:
     processes = [
         subprocess.Popen(["git", f"--git-dir={mirror_dir}", *args], env=env, stdout=subprocess.PIPE,
                          stderr=subprocess.DEVNULL)
-        for args in (["log", "--format=%ct%x00%an%x00%ae%x00%cn%x00%ce", f"{base}..{target}", "--"],
+        for args in (["log", "--encoding=UTF-8", f"--format={HISTORY_FORMAT}", f"{base}..{target}", "--"],
                      ["diff", "--name-status", base, target])
     ]
     for process in processes:
