@@ -17,6 +17,7 @@ This module never writes to the remote repository.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 import shlex
@@ -25,7 +26,7 @@ import signal
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
@@ -61,6 +62,20 @@ _CREDENTIAL_ERRORS = ("authentication failed", "could not read username", "could
 _EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 _FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 _AUTHOR = re.compile(rb"^author (.*) <(.*)> (\d+) ([+-]\d{4})$", re.MULTILINE)
+
+# The history `detect` reads: committer time, then author and committer, one commit a line (always in UTF-8,
+# whatever `i18n.logOutputEncoding` says, as the commit objects read without `log` are).
+_HISTORY_FORMAT = "%ct%x00%an%x00%ae%x00%cn%x00%ce"
+# detect's record of the histories it read (see `_HistoryCache`), and how many bases it keeps.
+HISTORY_CACHE_NAME = "dagctl-history.json"
+_HISTORY_CACHE_VERSION = 1
+_HISTORY_CACHE_BASES = 32
+# New commits since the cached target read from their objects, without `git log`: at most this many, each
+# with one parent, no `encoding` header, and author and committer lines that git's own parser splits exactly
+# as this pattern does (no `<`, `>` or NUL in a name or an email; a name ends with no space; a plain zone).
+_WALK_LIMIT = 4
+_IDENT = rb"([^<>\n\0]*[^<>\s\0]) <([^<>\n\0]*)> (\d+) [+-]\d{4}\n"
+_WALKABLE_COMMIT = re.compile(rb"tree [0-9a-f]{40}\nparent ([0-9a-f]{40})\nauthor " + _IDENT + rb"committer " + _IDENT)
 
 # Only branches are mirrored: `clone --mirror` would also copy e.g. GitHub's refs/pull/*, which can be huge.
 _BRANCHES_REFSPEC = "+refs/heads/*:refs/heads/*"
@@ -119,11 +134,96 @@ class ChangeRead:
 class CommitHistory:
     """The commits `target` has that `base` has not: how many, and who authored and committed them.
 
+    `identities` are in one canonical order whatever was read to find them (a whole `git log`, or an earlier
+    range extended by the history cache): the committer time of the newest commit carrying the identity,
+    newest first, ties by `(name, email)`. They are sealed into plans, so the order must not depend on the
+    cache.
+
     Example: `CommitHistory(ahead=2, identities=[("Ann", "ann@acme.io"), ("Carol", "carol@acme.io")])`.
     """
 
     ahead: int
     identities: list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class _RangeHistory:
+    """A range's commit count and, for each `(name, email)`, the committer time of its newest commit."""
+
+    ahead: int
+    newest: dict[tuple[str, str], int]
+
+    def to_commit_history(self) -> CommitHistory:
+        return CommitHistory(ahead=self.ahead, identities=_ordered_identities(self.newest))
+
+
+@dataclass(frozen=True)
+class _CachedRange:
+    """What the history cache holds for a base: the target it was read for and that range's history."""
+
+    target: str
+    history: _RangeHistory
+
+
+class _HistoryCache:
+    """`detect`'s record of the histories it read, so the next plan of the same base reads only new commits.
+
+    One JSON file in the mirror directory (`dagctl-history.json`): for each base commit, the target it was last
+    read for, `ahead`, and each identity with the committer time of its newest commit. It lives where the Git
+    objects live and is trusted as they are: whoever can write it can rewrite the mirror's history as well.
+    At most `_HISTORY_CACHE_BASES` bases are kept, the least recently written dropped. A missing, unreadable,
+    malformed or other-version file reads as empty (detect reads the whole range), and a failed write is
+    ignored: the cache only ever saves time. Written atomically (a temporary file, then `os.replace`); two
+    processes writing at once keep the last one's entries.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> dict[str, object]:
+        """The entries by base commit; empty when the file is missing or not ours."""
+        try:
+            data = json.loads(self.path.read_bytes())
+        except (OSError, ValueError, RecursionError):
+            return {}
+        if not isinstance(data, dict) or data.get("version") != _HISTORY_CACHE_VERSION:
+            return {}
+        bases = data.get("bases")
+        return bases if isinstance(bases, dict) else {}
+
+    def save(self, bases: Mapping[str, object], base: str, target: str, history: _RangeHistory) -> None:
+        """Writes `bases` with `base`'s entry replaced by `target`'s history, as the most recent one."""
+        entries = {key: entry for key, entry in bases.items() if key != base}
+        entries[base] = {"target": target, "ahead": history.ahead,
+                         "identities": [[*identity, history.newest[identity]]
+                                        for identity in _ordered_identities(history.newest)]}
+        kept = dict(list(entries.items())[-_HISTORY_CACHE_BASES:])
+        text = json.dumps({"version": _HISTORY_CACHE_VERSION, "bases": kept}, separators=(",", ":"))
+        temporary = None
+        try:
+            descriptor, temporary = tempfile.mkstemp(prefix=".dagctl-history-", dir=self.path.parent)
+            with os.fdopen(descriptor, "w") as handle:
+                os.fchmod(handle.fileno(), 0o644)  # mkstemp's 0600 would hide it from other readers of the mirror
+                handle.write(text)
+            os.replace(temporary, self.path)
+        except OSError:
+            if temporary is not None:
+                Path(temporary).unlink(missing_ok=True)
+
+
+def _get_cached_range(bases: Mapping[str, object], base: str) -> _CachedRange | None:
+    """`base`'s entry of the history cache, or None when it has none or it is malformed."""
+    entry = bases.get(base)
+    try:
+        target, ahead, identities = entry["target"], entry["ahead"], entry["identities"]
+        newest = {(name, email): time for name, email, time in identities}
+    except (TypeError, KeyError, ValueError):
+        return None
+    is_valid = (isinstance(target, str) and _FULL_SHA.fullmatch(target) is not None
+                and type(ahead) is int and ahead >= 0
+                and all(isinstance(name, str) and isinstance(email, str) and type(time) is int
+                        for (name, email), time in newest.items()))
+    return _CachedRange(target, _RangeHistory(ahead, newest)) if is_valid else None
 
 
 class PendingChange:
@@ -140,30 +240,47 @@ class PendingChange:
     """
 
     def __init__(self, mirror: GitMirror, base: str | None, target: str, *, entries: list[DiffEntry],
-                 info: CommitInfo, file_text: str | None, log: subprocess.Popen[bytes] | None) -> None:
+                 info: CommitInfo, file_text: str | None, log: subprocess.Popen[bytes] | None,
+                 cached: _CachedRange | None = None, known: _RangeHistory | None = None,
+                 record: Callable[[_RangeHistory], None] | None = None) -> None:
         self.entries = entries
         self.info = info
         self.file_text = file_text
         self._mirror, self._base, self._target = mirror, base, target
         self._log = log
+        self._cached, self._known, self._record = cached, known, record
         self._history: CommitHistory | None = None
 
     def history(self) -> CommitHistory:
         """The commits in `base..target` (the target alone without a base), waiting for `git log` if needed.
 
+        Read from the history cache's entry for `base` when there was one (see `start_change_read`), then
+        recorded in the cache for the next plan.
+
         Raises:
             DagctlGitError: the history cannot be read (the individual reads say why).
         """
         if self._history is None:
-            raw, status = (b"", 1) if self._log is None else _drain(self._log)
-            if status == 0:
-                ahead = raw.count(b"\n") if self._base is not None else 0
-                self._history = CommitHistory(ahead=ahead, identities=_parse_identities(raw))
-            else:
-                ahead = self._mirror.commits_ahead(self._base, self._target) if self._base else 0
-                self._history = CommitHistory(
-                    ahead=ahead, identities=self._mirror.list_commit_identities(self._base, self._target))
+            self._history = self._read_history().to_commit_history()
         return self._history
+
+    def _read_history(self) -> _RangeHistory:
+        cached, history = self._cached, self._known  # known: a hit, or new commits read without `git log`
+        if history is None:
+            history = self._read_log(cached)
+        if self._record is not None:
+            self._record(history)
+        return history
+
+    def _read_log(self, cached: _CachedRange | None) -> _RangeHistory:
+        raw, status = (b"", 1) if self._log is None else _drain(self._log)
+        history = None
+        if status == 0:
+            history = (_parse_history(raw, is_counted=self._base is not None) if cached is None
+                       else _extend_history(raw, cached.history))
+        if history is None:  # git failed, or the cached range is not all in the target (history rewritten)
+            history = self._mirror._read_range_history(self._base, self._target)
+        return history
 
     def close(self) -> None:
         """Stops the `git log` if its output was never read; harmless after `history()`."""
@@ -302,7 +419,8 @@ class GitMirror:
 
     All reads (`resolve`, `read_file`, `diff`, `export_snapshot`...) use the mirror only; the network is used by
     `ensure` (first time), `remote_head` and `fetch`. Several processes may share one mirror: creating and
-    fetching it are serialized by a lock file next to it.
+    fetching it are serialized by a lock file next to it. Next to the Git objects, `dagctl-history.json` is
+    `detect`'s history cache (see `start_change_read`): deleting it only makes the next `detect` read more.
 
     Args:
         url: the repository URL as git accepts it (https, ssh, scp-like or a local path).
@@ -339,6 +457,7 @@ class GitMirror:
             if secret and len(secret) >= 3
         ]
         self._object_git: git.Git | None = None
+        self._history_cache = _HistoryCache(self.mirror_dir / HISTORY_CACHE_NAME)
 
     def __repr__(self) -> str:
         return f"GitMirror({redact_url(self.url)!r}, {str(self.mirror_dir)!r})"
@@ -543,8 +662,9 @@ class GitMirror:
 
     def list_commit_identities(self, base: str | None, target: str) -> list[tuple[str, str]]:
         """`(name, email)` of the author and the committer of every commit in `base..target`, each once, in
-        history order (newest first). Without `base` (a first deployment), of the target commit alone: the
-        whole history is not one person's change.
+        `CommitHistory`'s canonical order: newest committer time (of the newest commit carrying it) first, ties
+        by `(name, email)`. Without `base` (a first deployment), of the target commit alone: the whole history
+        is not one person's change.
 
         Raises:
             DagctlGitError: either commit is not in the mirror.
@@ -552,11 +672,19 @@ class GitMirror:
         Example: `mirror.list_commit_identities(deployed, head)` -> `[("Ann", "ann@acme.io"), ...]`.
         """
         target_sha = self.resolve(target)
-        args = _identities_args(self.resolve(base) if base else None, target_sha)
-        status, raw, stderr = self._execute(args, text=False)
+        history = self._read_range_history(self.resolve(base) if base else None, target_sha)
+        return history.to_commit_history().identities
+
+    def _read_range_history(self, base: str | None, target: str) -> _RangeHistory:
+        """The whole history of `base..target` (the target alone without a base) in one `git log`."""
+        status, raw, stderr = self._execute(_history_args(base, target), text=False)
         if status != 0:
+            # Say which commit is unknown, if one is.
+            if base is not None:
+                self.resolve(base)
+            self.resolve(target)
             raise self._error("list the commits of", stderr, hint=self._hint(stderr, network=False))
-        return _parse_identities(raw)
+        return _parse_history(raw, is_counted=base is not None)
 
     def commits_ahead(self, base: str, target: str) -> int:
         """How many commits `target` has that `base` has not (`git rev-list --count base..target`).
@@ -631,11 +759,23 @@ class GitMirror:
         """Reads what `read_change` reads, and returns as soon as the diff is read: the history follows.
 
         Two git processes start together: `log` (it counts the commits and lists their authors and
-        committers, the longest read: it parses every commit object) first, then `diff`. The target's commit
-        and the file come from a persistent `cat-file --batch` meanwhile. This returns once the diff is read,
+        committers, the longest read: it parses every commit object) first, then `diff` (`diff` first when the
+        history cache makes `log` short). The target's commit and the file come from a persistent
+        `cat-file --batch` meanwhile. This returns once the diff is read,
         so the caller's own work on the files overlaps the `log`, which `PendingChange.history()` waits for:
         with two free CPUs, `detect` takes about as long as that `log`. `target` (and `base`) must be full
         shas. On any failure it falls back to the individual reads, which raise the precise `DagctlGitError`.
+
+        The history cache (`dagctl-history.json` in the mirror, see `_HistoryCache`) makes the `log` short in
+        the sensor's steady state, where each plan's range extends the previous plan's: when it holds
+        `base -> t` (`base..t` was read before), `log --left-right target...t ^base` lists only the commits
+        of `target` that `t` lacks (`<`) and those of `t` that `target` lacks (`>`). Without a `>` line,
+        `base..target` is exactly those `<` commits plus `base..t`, so `ahead` adds up and the identities are
+        the union. Any `>` line (a force push dropped commits of `base..t`), or a failed `log`, means the
+        whole range is read again. No `log` runs when `t` is `target` (a hit), nor when `target` descends
+        from `t` by a few single-parent commits that `cat-file` reads exactly as `log` would (a push of new
+        commits on the branch: `diff` then runs alone, see `_walk_to_cached`). Every history read with a
+        base is recorded for the next plan.
 
         Example: `mirror.start_change_read(base, head, subdirectory="dbt", file_path="dbt/.dagctl/config.yaml")`.
         """
@@ -652,19 +792,29 @@ class GitMirror:
                      base or _EMPTY_TREE, target, "--"]
         if subdirectory:
             diff_args.append(f":(top,literal){subdirectory}/")
-        # No stderr: on a failure the individual reads run again and say what went wrong.
-        log, diff = (subprocess.Popen(["git", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-                     for args in (_identities_args(base, target), diff_args))
+        bases = self._history_cache.load() if base else {}
+        cached = _get_cached_range(bases, base) if base else None
+        is_hit = cached is not None and cached.target == target
+        # The longer read starts first: a first plan's `log` (every commit object of the range), else the
+        # `diff`. No stderr: on a failure the individual reads run again and say what went wrong.
+        log = _start_git(_history_args(base, target), env) if cached is None else None
+        diff = _start_git(diff_args, env)
         try:
             try:
-                commit_raw: bytes | None = self._objects().get_object_data(target)[3]
-                file_raw: bytes | None = self._read_blob(f"{target}:{path}")
+                commit_raw: bytes | None = self._read_object(target, b"commit")
+                file_raw: bytes | None = self._read_object(f"{target}:{path}", b"blob")
             except ValueError:
                 commit_raw = file_raw = None
+            known = cached.history if cached is not None and is_hit else None
+            if cached is not None and base and not is_hit and commit_raw is not None:
+                known = _walk_to_cached(self._read_commit, base, commit_raw, cached)
+                if known is None:
+                    log = _start_git(_extension_args(base, target, cached.target), env)
             diff_raw, diff_status = _drain(diff)
             if commit_raw is None or diff_status != 0:
-                log.kill()
-                _drain(log)
+                if log is not None:
+                    log.kill()
+                    _drain(log)
                 return PendingChange(
                     self, base, target, entries=self.diff(base, target, subdirectory=subdirectory),
                     info=self.commit_info(target), file_text=self.read_file(target, path), log=None)
@@ -678,10 +828,12 @@ class GitMirror:
             return PendingChange(
                 self, base, target,
                 entries=_parse_name_status(diff_raw.decode("utf-8", "surrogateescape"), subdirectory),
-                info=_parse_commit_object(target, commit_raw), file_text=file_text, log=log)
+                info=_parse_commit_object(target, commit_raw), file_text=file_text, log=log, cached=cached,
+                known=known, record=None if base is None or is_hit else (
+                    lambda history: self._history_cache.save(bases, base, target, history)))
         except BaseException:
             for process in (log, diff):
-                if process.returncode is None:
+                if process is not None and process.returncode is None:
                     process.kill()
                     _drain(process)
             raise
@@ -695,12 +847,16 @@ class GitMirror:
             self._object_git.update_environment(**self._mirror_env(self.mirror_dir))
         return self._object_git
 
-    def _read_blob(self, spec: str) -> bytes | None:
+    def _read_object(self, spec: str, kind: bytes) -> bytes | None:
+        """The object `spec` if it is a `kind` (`b"blob"`, `b"commit"`); None if missing or another kind."""
         try:
-            _, kind, _, data = self._objects().get_object_data(spec)
+            _, found, _, data = self._objects().get_object_data(spec)
         except ValueError:
-            return None  # `missing`: no such file at that commit
-        return data if kind == b"blob" else None
+            return None  # `missing`: e.g. no such file at that commit
+        return data if found == kind else None
+
+    def _read_commit(self, sha: str) -> bytes | None:
+        return self._read_object(sha, b"commit")
 
     def tree_id(self, commit: str, subdirectory: str | None = None) -> str:
         """The id of the tree of `commit` (or of its `subdirectory`): a content hash of the snapshot.
@@ -949,22 +1105,103 @@ def extract_data_archive(archive: tarfile.TarFile, directory: Path) -> None:
         archive.extract(member, directory)
 
 
-def _identities_args(base: str | None, target: str) -> list[str]:
+def _start_git(args: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(["git", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+
+
+def _history_args(base: str | None, target: str) -> list[str]:
     revisions = [f"{base}..{target}"] if base else ["-1", target]
-    return ["log", "--format=%an%x00%ae%x00%cn%x00%ce", *revisions, "--"]
+    return ["log", "--encoding=UTF-8", f"--format={_HISTORY_FORMAT}", *revisions, "--"]
 
 
-def _parse_identities(output: bytes) -> list[tuple[str, str]]:
-    """`(name, email)` of authors and committers in `_identities_args`'s output, each once, in order."""
-    identities: dict[tuple[str, str], None] = {}
-    # A few people write most commits: each distinct line is decoded and split once. A line's identities are
-    # first seen on its first occurrence, so the order is that of the whole output.
-    for line in dict.fromkeys(output.split(b"\n")):
-        fields = line.decode("utf-8", "replace").split("\0")
+def _extension_args(base: str, target: str, cached_target: str) -> list[str]:
+    """The commits of `target` that `cached_target` has not (`<`), and the reverse (`>`), outside `base`."""
+    return ["log", "--encoding=UTF-8", "--left-right", f"--format=%m{_HISTORY_FORMAT}",
+            f"{target}...{cached_target}", f"^{base}", "--"]
+
+
+def _parse_history(output: bytes, *, is_counted: bool) -> _RangeHistory:
+    """`_history_args`'s output: one line a commit (counted when `is_counted`)."""
+    return _RangeHistory(ahead=output.count(b"\n") if is_counted else 0, newest=_parse_newest(output.split(b"\n")))
+
+
+def _extend_history(output: bytes, cached: _RangeHistory) -> _RangeHistory | None:
+    """`cached` (the history of `base..t`) extended by `_extension_args`'s output; None if it has a `>` line:
+    then some commit of `base..t` is not in `target`, and the union would be wrong."""
+    if output.startswith(b">") or b"\n>" in output:
+        return None
+    lines = [line[1:] for line in output.split(b"\n") if line]
+    return _RangeHistory(ahead=cached.ahead + len(lines),
+                         newest=_merge_newest(cached.newest, _parse_newest(lines)))
+
+
+def _walk_to_cached(read_commit: Callable[[str], bytes | None], base: str, target_raw: bytes,
+                    cached: _CachedRange) -> _RangeHistory | None:
+    """`base..target` read from commit objects when `target` descends from the cached target `t` by a short
+    chain of single-parent commits: `cached`'s history plus that chain's. None when it does not (a merge, a
+    longer or rewritten history, a commit this does not read exactly as `git log` would): `log` decides.
+
+    Exact: with `base..t` not empty, no commit above `t` is an ancestor of `base`, so `base..target` is the
+    chain plus `base..t`.
+    """
+    if cached.history.ahead == 0:
+        return None
+    newest: dict[tuple[str, str], int] = {}
+    raw: bytes | None = target_raw
+    for count in range(1, _WALK_LIMIT + 1):
+        headers = raw.partition(b"\n\n")[0] + b"\n" if raw is not None else b""
+        match = _WALKABLE_COMMIT.match(headers)
+        if match is None or b"\nencoding " in headers:
+            return None
+        parent, author, author_email, _, committer, committer_email, time = match.groups()
+        newest = _merge_newest(newest, {
+            (author.decode("utf-8", "replace"), author_email.decode("utf-8", "replace")): int(time),
+            (committer.decode("utf-8", "replace"), committer_email.decode("utf-8", "replace")): int(time)})
+        if parent.decode() == cached.target:
+            return _RangeHistory(cached.history.ahead + count, _merge_newest(cached.history.newest, newest))
+        if parent.decode() == base:
+            return None
+        raw = read_commit(parent.decode())
+    return None
+
+
+def _parse_newest(lines: Iterable[bytes]) -> dict[tuple[str, str], int]:
+    """For each `(name, email)` in lines `ct NUL an NUL ae NUL cn NUL ce`, the newest `ct` carrying it."""
+    # A few people write most commits: each distinct author-committer pair is decoded and split once.
+    by_people: dict[bytes, int] = {}
+    for line in lines:
+        stamp, _, people = line.partition(b"\0")
+        if people:
+            time = int(stamp)
+            if time > by_people.get(people, time - 1):
+                by_people[people] = time
+    newest: dict[tuple[str, str], int] = {}
+    for people, time in by_people.items():
+        fields = people.decode("utf-8", "replace").split("\0")
         if len(fields) == 4:
-            identities.setdefault((fields[0], fields[1]))
-            identities.setdefault((fields[2], fields[3]))
-    return list(identities)
+            for identity in ((fields[0], fields[1]), (fields[2], fields[3])):
+                if time > newest.get(identity, time - 1):
+                    newest[identity] = time
+    return newest
+
+
+def _merge_newest(first: Mapping[tuple[str, str], int],
+                  second: Mapping[tuple[str, str], int]) -> dict[tuple[str, str], int]:
+    """Every identity of either, with the newer of its two times."""
+    merged = dict(first)
+    for identity, time in second.items():
+        if time > merged.get(identity, time - 1):
+            merged[identity] = time
+    return merged
+
+
+def _ordered_identities(newest: Mapping[tuple[str, str], int]) -> list[tuple[str, str]]:
+    """The canonical order of identities: the newest commit carrying one first, ties by `(name, email)`.
+
+    It depends only on the set of commits, so a range read whole and one read as an earlier range plus its
+    new commits give the same list (history order would not: a union cannot place a merged branch's commits).
+    """
+    return sorted(newest, key=lambda identity: (-newest[identity], identity))
 
 
 def _drain(process: subprocess.Popen[bytes]) -> tuple[bytes, int]:

@@ -28,9 +28,10 @@ def test_pending_summary_lists_every_author_and_names_only_approvers_whose_appro
     plan = deployed.explain()
 
     lines = deployed.summary(plan.plan_id).splitlines()
-    # dave wrote the commit; carol (the fixture's Git identity) committed it and is no listed person.
+    # dave wrote the commit; carol (the fixture's Git identity) committed it and is no listed person. Both
+    # carry the same (newest) commit: the tie is broken by name.
     assert [(i.name, i.email) for i in plan.spec.authors] == [
-        ("dave", "dave@example.com"), ("carol", "carol@example.com")]
+        ("carol", "carol@example.com"), ("dave", "dave@example.com")]
     assert any(line.startswith("Commits: ") and "| by dave; unknown: carol <carol@example.com> |" in line
                for line in lines), lines
     assert "**Approvals:** 0 counted, 2 required" in lines
