@@ -39,6 +39,7 @@ path fails, it parses itself and says why on stderr in one line.
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import json
 import re
@@ -58,6 +59,11 @@ GRAPH_FIELDS = ("unique_id", "resource_type", "name", "path", "patch_path", "fqn
 PACKAGE_FILES = ("package-lock.yml", "packages.yml", "dependencies.yml")
 MANIFEST = "manifest.json"
 PARTIAL_PARSE = "partial_parse.msgpack"
+# CPython's cyclic collector runs a young pass every 700 net allocations, and every 100th pass rescans
+# everything: dbt allocates millions of objects reading its partial-parse file back, so with the defaults
+# a third of a warm parse of a 2,000-model project was collection (3.6 s -> 2.4 s warm, 12.3 s -> 11.3 s
+# cold, peak memory 251 -> 253 MB). A parse is one short process: collect less often.
+GC_THRESHOLDS = (20_000, 10, 10)
 
 
 def _classify(error: BaseException | None) -> str:
@@ -237,6 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if code is not None:
             return code
         print(f"dbt parse server unavailable, parsing in this process: {why}", file=sys.stderr, flush=True)
+    gc.set_threshold(*GC_THRESHOLDS)
     parser = argparse.ArgumentParser(prog="python -m dagctl_dagster.runner.dbt_parse",
                                      description="dbt's parse of a project (never connects to the warehouse).")
     parser.add_argument("--project-dir", required=True, type=Path)

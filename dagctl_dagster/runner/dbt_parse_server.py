@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import gc
 import hashlib
 import importlib
 import json
@@ -198,6 +199,10 @@ def serve(name: str, idle_seconds: float, ready_fd: int | None = None) -> int:
         return 0
     listener.listen(64)
     _import_dbt()
+    # What the imports made stays out of every collection: the children's collector never walks (and so
+    # never copies) those pages.
+    gc.collect()
+    gc.freeze()
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
