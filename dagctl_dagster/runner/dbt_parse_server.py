@@ -382,12 +382,11 @@ def run_through_server(name: str, idle_seconds: float, argv: Sequence[str]) -> t
                 reply += chunk
         except OSError as error:
             return None, f"the dbt parse server {name} failed: {error}"
-    if not reply:
+    try:
+        answer = json.loads(reply)
+        return (None, answer["refused"]) if "refused" in answer else (int(answer["exit"]), "")
+    except (ValueError, KeyError, TypeError):
         return None, f"the dbt parse server {name} ended the parse without an exit code"
-    answer = json.loads(reply)
-    if "refused" in answer:
-        return None, answer["refused"]
-    return int(answer["exit"]), ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
