@@ -128,8 +128,11 @@ def test_the_childs_output_reaches_the_clients_stdout(tmp_path):
     assert "printed while dbt parses" in process.stdout
 
 
-def test_killing_the_client_stops_the_parse_it_asked_for(tmp_path):
-    """A `git` on the request's PATH that dbt deps runs and that blocks: it tells its pid through a FIFO."""
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_stopping_the_client_stops_the_parse_it_asked_for(tmp_path, sig):
+    """A `git` on the request's PATH that dbt deps runs and that blocks: it tells its pid through a FIFO.
+    SIGINT is what the step guard forwards when a run is cancelled; SIGKILL, what it sends when the run
+    worker dies."""
     tools, fifo = tmp_path / "tools", tmp_path / "git.pid"
     tools.mkdir()
     os.mkfifo(fifo)
@@ -149,7 +152,7 @@ def test_killing_the_client_stops_the_parse_it_asked_for(tmp_path):
         server = get_server_pid(name)
         assert child not in (client.pid, server)
     finally:
-        client.kill()
+        client.send_signal(sig)
         client.wait()
     assert wait_for_exit(child) and wait_for_exit(git)
     assert get_server_pid(name) == server  # the server keeps serving
