@@ -30,10 +30,10 @@ cannot (the file was written by another dbt version), the result says why in `"s
 carries no `"modified"`.
 
 With `--server NAME` (the local backend's default, `dbt_parse_server` in its config), this process does not
-import dbt: a resident server that has (`runner.dbt_parse_server`, started when none answers, exiting after
-`--server-idle` seconds without a request) forks a child that parses with this process's argv, environment,
-working directory, stdout and stderr, and this process exits with the child's exit code. When the server
-path fails, it parses itself and says why on stderr in one line.
+import dbt: the resident parse server (`runner.dbt_parse_server`, started when none answers, exiting after
+`--server-idle` seconds without a request), which imported dbt once, forks a child that parses with this
+process's argv, environment, working directory, stdout and stderr, and this process exits with the child's
+exit code. When the server path fails, it parses itself and says why on stderr in one line.
 """
 
 from __future__ import annotations
