@@ -20,8 +20,8 @@ touching `--files` files between base and target). Exports the base and target c
    by the nodes a full `dbt build` runs. Target: <= 0.01. The parse step is given the previous commit's
    partial-parse file as the plan pins it (parses keep no manifest.json) and writes the base manifest from
    it: that parse is timed with and without that writing.
-4. Peak memory (VmHWM) of the plain parse step process, and the resident server's memory (VmRSS), reported (the git-only `detect` is unchanged: see
-   `bench_dbt_detect.py` for its targets).
+4. Peak memory (VmHWM) of the plain parse step process, and the resident server's memory (VmRSS), reported
+   (the git-only `detect` is unchanged: see `bench_dbt_detect.py` for its targets).
 
 Every process runs with compiled bytecode, as in the runner image (`UV_COMPILE_BYTECODE=1`) and in a local
 step (its environment has no `PYTHONDONTWRITEBYTECODE`): it is kept in a `PYTHONPYCACHEPREFIX` folder of

@@ -159,6 +159,37 @@ def test_stopping_the_client_stops_the_parse_it_asked_for(tmp_path, sig):
     assert FALLBACK not in client.stderr.read()
 
 
+def test_a_child_that_dies_without_an_exit_code_leaves_the_parse_to_the_client(tmp_path):
+    """The blocking `git` again: its parent, the server's child, is killed; the client parses itself (and runs
+    dbt deps, so the fake git a second time, now the client's own child)."""
+    tools, fifo = tmp_path / "tools", tmp_path / "git.pid"
+    tools.mkdir()
+    os.mkfifo(fifo)
+    (tools / "git").write_text(f'#!/bin/sh\necho $$ > "{fifo}"\nexec sleep 600\n')
+    (tools / "git").chmod(0o755)
+    project = copy_project(tmp_path, "jaffle")
+    (project / "packages.yml").write_text('packages:\n  - git: "https://example.invalid/money.git"\n'
+                                          '    revision: main\n')
+    name = new_server_name()
+    client = subprocess.Popen(parse_argv(project, tmp_path / "target", name), cwd=project,
+                              env=step_env(tmp_path, PATH=f"{tools}:{os.environ['PATH']}"),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    try:
+        with open(fifo) as told:
+            served_git = int(told.read())
+        child = int(Path(f"/proc/{served_git}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        os.killpg(child, signal.SIGKILL)  # the child and its git
+        with open(fifo) as told:  # the client's own parse reached dbt deps
+            own_git = int(told.read())
+        assert int(Path(f"/proc/{own_git}/stat").read_text().rsplit(")", 1)[1].split()[1]) == client.pid
+    finally:
+        os.killpg(client.pid, signal.SIGKILL)  # the client and its own git
+        client.wait()
+    assert (f"{FALLBACK}the dbt parse server {name} ended the parse without an exit code"
+            in client.stderr.read())
+
+
 def test_a_name_held_by_another_uid_is_never_sent_anything_and_the_parse_runs_in_process(tmp_path):
     if os.getuid() != 0 or not Path("/usr/bin/python3").exists():
         pytest.skip("needs root (to listen as another uid) and /usr/bin/python3")
