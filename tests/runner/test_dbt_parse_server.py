@@ -213,6 +213,25 @@ def test_a_name_held_by_another_uid_is_never_sent_anything_and_the_parse_runs_in
         squatter.wait()
 
 
+def test_the_server_closes_a_connection_from_another_uid_without_reading_it(tmp_path):
+    if os.getuid() != 0 or not Path("/usr/bin/python3").exists():
+        pytest.skip("needs root (to connect as another uid) and /usr/bin/python3")
+    name = new_server_name()
+    assert run_parse(copy_project(tmp_path, "jaffle"), tmp_path / "target", step_env(tmp_path), name)[0][
+        "outcome"] == "parsed"
+    stranger = subprocess.run(
+        ["/usr/bin/python3", "-c", "import socket\n"
+         f"s = socket.socket(socket.AF_UNIX); s.connect({build_address(name)!r})\n"
+         "try:\n    s.sendall(b'{}' * 1000); print(repr(s.recv(4096)))\n"
+         "except OSError as error:\n    print(type(error).__name__)"],
+        user=65534, cwd="/", capture_output=True, text=True, timeout=DEADLINE)
+    # Closed at once, its request unread: closed before it was sent (a broken pipe), or with it unread (a reset:
+    # the kernel drops unread data); never an answer.
+    assert stranger.stdout in ("ConnectionResetError\n", "BrokenPipeError\n"), stranger.stderr
+    assert run_parse(copy_project(tmp_path, "again"), tmp_path / "again_target", step_env(tmp_path), name)[0][
+        "outcome"] == "parsed"
+
+
 def test_a_server_that_refuses_connections_leaves_the_parse_in_process_with_the_reason(tmp_path):
     """The name is bound by a socket that never listens: connecting is refused, and the server the client
     starts finds the name taken."""
