@@ -24,8 +24,9 @@ $(UV):
 install: $(UV)
 	$(UV) sync --frozen
 
+# The demo's dbt parse servers (scope `demo`) are stopped when the demo stops (Ctrl-C included).
 demo: install
-	bash scripts/demo.sh
+	DAGCTL_DBT_PARSE_SERVER_SCOPE=demo bash -c 'trap "$(UV) run --frozen python -m dagctl_dagster.runner.dbt_parse_server --stop --scope demo" EXIT; bash scripts/demo.sh'
 
 # Everything `make demo` does except starting the webserver: checks that its command resolves.
 demo-check: install

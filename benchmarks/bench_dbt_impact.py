@@ -6,19 +6,22 @@
 Uses the generated repository of `bench_dbt_detect.py` (same project, same history: `--commits` commits
 touching `--files` files between base and target). Exports the base and target checkouts, then measures:
 
-1. Warm impact / dbt's own: our impact (the `parse` step process, `python -m dagctl_dagster.runner.dbt_parse`,
-   then reading the manifest and resolving the plan's `path:` selection with its downstream nodes) with a
+1. Warm impact / dbt's own: our impact (the `parse` step as a plan runs it on the local backend: the
+   process `python -m dagctl_dagster.runner.dbt_parse --server NAME`, served by the resident parse server
+   (`runner.dbt_parse_server`, started once before the timed lines: its start-up is its own line), then
+   reading the manifest and resolving the plan's `path:` selection with its downstream nodes) with a
    warm cache (the base commit's `partial_parse.msgpack`, as the last plan leaves it), divided by
    `dbt parse` + `dbt ls --select <the same selection, each with +>` with the same warm cache. Target: <= 1.2.
-2. Warm impact / cold impact (no partial-parse file). Target: <= 0.3. dbt's own `dbt parse`, cold and
-   with the same warm cache, is measured too: its warm / cold ratio is the floor of ours.
+2. Warm impact / cold impact (no partial-parse file). Target: <= 0.3. The same parse step as a plain process
+   (`dbt_parse_server: false`) is measured beside it, cold and warm, and so is dbt's own `dbt parse`, cold
+   and with the same warm cache: its warm / cold ratio is the floor of a plain process.
 3. A macro used by 5 models is changed: the nodes the plan runs (dbt's `state:modified` against the
    previous commit's manifest, our exact fqn selection, tests included by eager indirect selection) divided
    by the nodes a full `dbt build` runs. Target: <= 0.01. The parse step is given the previous commit's
    partial-parse file as the plan pins it (parses keep no manifest.json) and writes the base manifest from
    it: that parse is timed with and without that writing.
-4. Peak memory (VmHWM) of the parse step process, reported (the git-only `detect` is unchanged: see
-   `bench_dbt_detect.py` for its targets).
+4. Peak memory (VmHWM) of the plain parse step process, and the resident server's memory (VmRSS), reported
+   (the git-only `detect` is unchanged: see `bench_dbt_detect.py` for its targets).
 
 Every process runs with compiled bytecode, as in the runner image (`UV_COMPILE_BYTECODE=1`) and in a local
 step (its environment has no `PYTHONDONTWRITEBYTECODE`): it is kept in a `PYTHONPYCACHEPREFIX` folder of
@@ -33,11 +36,14 @@ import argparse
 import json
 import os
 import resource
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -61,6 +67,7 @@ from dagctl_dagster.core.dbt_impact import (  # noqa: E402
     build_state_scope,
     resolve_path_selection,
 )
+from dagctl_dagster.runner.dbt_parse_server import get_server_pid, start_server  # noqa: E402
 
 DBT = Path(sys.executable).with_name("dbt")
 TARGET_DBT_RATIO = 1.2
@@ -79,6 +86,13 @@ except SystemExit:
 Path(os.environ["BENCH_RSS_FILE"]).write_text(
     re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1))
 """
+
+
+def read_rss(pid: int | None) -> float:
+    """Resident memory (VmRSS, MB) of process `pid`."""
+    status = Path(f"/proc/{pid}/status").read_text() if pid else ""
+    found = re.search(r"VmRSS:\s+(\d+) kB", status)
+    return int(found.group(1)) / 1024 if found else float("nan")
 
 
 def progress(message: str) -> None:
@@ -111,22 +125,34 @@ def fresh_target(work: Path, name: str, seed: Path | None) -> Path:
     return target
 
 
-def run_parse_step(project: Path, target: Path, profiles: Path, *, state: Path | None = None
-                   ) -> tuple[dict, float]:
-    """The parse step as a plan runs it (its own process); returns its result and peak RSS (MB)."""
+# The resident parse server's name for this run (`--server NAME` of the parse step), set by `measure`.
+SERVER: dict[str, str | int | None] = {"name": None, "pid": None}
+
+
+def run_parse_step(project: Path, target: Path, profiles: Path, *, state: Path | None = None,
+                   served: bool = True) -> tuple[dict, float | None]:
+    """The parse step as a plan runs it on the local backend: its own process, served by the resident parse
+    server (`served`), or a plain process; returns its result and, for a plain process, its peak RSS (MB)."""
     output, rss = target / "result.json", target / "rss"
-    argv = [sys.executable, "-c", PROBE, "-", "--project-dir", str(project), "--target-path", str(target),
-            "--target", "prod", "--output", str(output), *(["--state", str(state)] if state else [])]
-    subprocess.run(argv, env={**dbt_env(profiles), "BENCH_RSS_FILE": str(rss)}, check=True,
-                   capture_output=True)
+    common = ["--project-dir", str(project), "--target-path", str(target), "--target", "prod", "--output",
+              str(output), *(["--state", str(state)] if state else [])]
+    if served:
+        argv = [sys.executable, "-m", "dagctl_dagster.runner.dbt_parse", *common,
+                "--server", str(SERVER["name"]), "--server-idle", "600"]
+    else:
+        argv = [sys.executable, "-c", PROBE, "-", *common]
+    process = subprocess.run(argv, env={**dbt_env(profiles), "BENCH_RSS_FILE": str(rss)}, check=True,
+                             capture_output=True, text=True)
+    if "dbt parse server unavailable" in process.stderr:
+        raise SystemExit(f"the parse step did not use the server: {process.stderr.strip()}")
     result = json.loads(output.read_text())
     if result.get("outcome") != "parsed":
         raise SystemExit(f"parse step failed: {result}")
-    return result, int(rss.read_text()) / 1024
+    return result, None if served else int(rss.read_text()) / 1024
 
 
-def our_impact(project: Path, target: Path, profiles: Path, selection: tuple[str, ...]):
-    result, rss = run_parse_step(project, target, profiles)
+def our_impact(project: Path, target: Path, profiles: Path, selection: tuple[str, ...], *, served: bool = True):
+    result, rss = run_parse_step(project, target, profiles, served=served)
     impact = build_selective_impact(read_parsed_graph(target), selection, parse=None)
     return result, rss, impact
 
@@ -154,7 +180,20 @@ CPU: dict[str, float] = {}
 
 def cpu_seconds() -> float:
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime + server_children_cpu()
+
+
+def server_children_cpu() -> float:
+    """CPU seconds of the parses the server's children ran (user + system), once it has reaped them all: a
+    served parse is not a child of this process."""
+    pid = SERVER["pid"]
+    if not pid:
+        return 0.0
+    deadline = time.monotonic() + 60
+    while Path(f"/proc/{pid}/task/{pid}/children").read_text().strip() and time.monotonic() < deadline:
+        time.sleep(0.01)  # the client returns on the child's exit code, just before the child exits
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")  # cutime + cstime
 
 
 def timed(label: str, action):
@@ -194,6 +233,10 @@ def measure(root: Path, args: argparse.Namespace) -> None:
     BYTECODE.update(prefix=str(root / "pycache"), compiled=not args.no_compiled_bytecode)
     if BYTECODE["compiled"]:
         subprocess.run([sys.executable, "-c", IMPORTS], env=dbt_env(profiles), check=True)
+    progress("starting the resident parse server")
+    SERVER["name"] = f"bench-{uuid.uuid4().hex[:8]}"
+    server_s, _ = timed("server", lambda: start_server(str(SERVER["name"]), 600, dbt_env(profiles)))
+    SERVER["pid"] = get_server_pid(str(SERVER["name"]))
     progress("parsing the base commit (the last plan's parse: its partial-parse file is the warm cache)")
     base_target = fresh_target(work, "base", None)
     run_parse_step(base, base_target, profiles)
@@ -213,6 +256,11 @@ def measure(root: Path, args: argparse.Namespace) -> None:
         "warm", lambda: our_impact(target, fresh_target(work, "warm", warm_cache), profiles, selection))
     dbt_s, dbt_ids = timed("dbt", lambda: dbt_own(target, fresh_target(work, "dbt", warm_cache), profiles,
                                                   selection))
+    progress("the same parse step as a plain process (no server), cold then warm")
+    plain_cold_s, (_, cold_rss, _) = timed("plain_cold", lambda: our_impact(
+        target, fresh_target(work, "plain_cold", None), profiles, selection, served=False))
+    plain_warm_s, (_, warm_rss, _) = timed("plain_warm", lambda: our_impact(
+        target, fresh_target(work, "plain_warm", warm_cache), profiles, selection, served=False))
     progress("dbt parse alone, cold then warm (dbt's own floor of the warm / cold ratio)")
     dbt_cold_s, _ = timed("dbt_cold", lambda: dbt_parse_only(target, fresh_target(work, "dbt_cold", None),
                                                               profiles))
@@ -221,6 +269,8 @@ def measure(root: Path, args: argparse.Namespace) -> None:
     warm_graph = read_parsed_graph(work / "warm")
     # The partial parse's graph is the cold parse's, and the graph of dbt's own manifest.json (`dbt parse`).
     same_graph = (warm_graph.content_hash() == read_parsed_graph(work / "cold").content_hash()
+                  == read_parsed_graph(work / "plain_cold").content_hash()
+                  == read_parsed_graph(work / "plain_warm").content_hash()
                   == read_dbt_graph(work / "dbt" / MANIFEST).content_hash())
     ours_with_downstream = resolve_path_selection(warm_graph,
                                                   [f"{c}+" for c in selection])[0]
@@ -258,21 +308,27 @@ def measure(root: Path, args: argparse.Namespace) -> None:
     same = ours_with_downstream == executable_dbt
     print(f"dbt impact benchmark: {args.models} models, {args.commits} commits touching {args.files} files "
           f"({len(selection)} path: criteria)")
-    print(f"cold impact (parse step + resolution)     {cold_s:8.2f} s  ({cold_result['mode']} parse)")
-    print(f"warm impact                               {warm_s:8.2f} s  ({warm_result['mode']} parse)")
+    server_rss = read_rss(SERVER["pid"])
+    print(f"parse server start-up (imports dbt, once) {server_s:8.2f} s  (resident: {server_rss:.1f} MB RSS)")
+    print(f"cold impact (parse step + resolution)     {cold_s:8.2f} s  ({cold_result['mode']} parse, served)")
+    print(f"warm impact                               {warm_s:8.2f} s  ({warm_result['mode']} parse, served)")
+    print(f"plain process (no server), cold / warm    {plain_cold_s:8.2f} / {plain_warm_s:.2f} s  "
+          f"(warm / cold: {plain_warm_s / plain_cold_s:.4f})")
     print(f"dbt parse + dbt ls <selection>+, warm     {dbt_s:8.2f} s")
     print(f"dbt parse alone, cold / warm              {dbt_cold_s:8.2f} / {dbt_warm_s:.2f} s  "
           f"(dbt's own warm / cold: {dbt_warm_s / dbt_cold_s:.4f})")
-    print(f"CPU s (user+sys): cold {CPU['cold']:.2f}, warm {CPU['warm']:.2f}, dbt parse + ls {CPU['dbt']:.2f}, "
-          f"dbt parse cold / warm {CPU['dbt_cold']:.2f} / {CPU['dbt_warm']:.2f}; warm / cold "
-          f"{CPU['warm'] / CPU['cold']:.4f}, warm / dbt parse + ls {CPU['warm'] / CPU['dbt']:.4f}")
-    print(f"parse step peak RSS (cold / warm)         {cold_rss:8.1f} / {warm_rss:.1f} MB")
+    print(f"CPU s (user+sys): cold {CPU['cold']:.2f}, warm {CPU['warm']:.2f} (served; warm / cold "
+          f"{CPU['warm'] / CPU['cold']:.4f}), plain process cold {CPU['plain_cold']:.2f}, "
+          f"warm {CPU['plain_warm']:.2f}, "
+          f"dbt parse + ls {CPU['dbt']:.2f}, dbt parse cold / warm {CPU['dbt_cold']:.2f} / {CPU['dbt_warm']:.2f}; "
+          f"plain warm / cold {CPU['plain_warm'] / CPU['plain_cold']:.4f}, "
+          f"plain warm / dbt parse + ls {CPU['plain_warm'] / CPU['dbt']:.4f}")
+    print(f"plain parse step peak RSS (cold / warm)   {cold_rss:8.1f} / {warm_rss:.1f} MB")
     print(f"selected {len(warm_impact.selected)} nodes, {len(warm_impact.downstream)} downstream; "
           f"selection+ equals dbt ls: {same}")
     print(f"macro in {MACRO_MODELS} models: runs {len(run_nodes)} of {len(full)} nodes "
           f"({len(scope.selection)} fqn criteria)")
-    print(f"macro plan's parse step, writing / with the base manifest  {macro_s:6.2f} / {again_s:.2f} s  "
-          f"(CPU {CPU['macro']:.2f} / {CPU['again']:.2f} s)")
+    print(f"macro plan's parse step, writing / with the base manifest  {macro_s:6.2f} / {again_s:.2f} s")
     print("bytecode: " + ("compiled (as in the runner image)" if BYTECODE["compiled"] else
                           "none (each process compiles what it imports)"))
     print()
@@ -296,7 +352,12 @@ def main() -> None:
     if args.quick:
         args.models, args.commits, args.files = 200, 100, 20
     with tempfile.TemporaryDirectory(prefix="bench-dbt-impact-") as folder:
-        measure(Path(folder), args)
+        try:
+            measure(Path(folder), args)
+        finally:
+            pid = get_server_pid(str(SERVER["name"])) if SERVER["name"] else None
+            if pid is not None:
+                os.kill(pid, signal.SIGTERM)
 
 
 if __name__ == "__main__":

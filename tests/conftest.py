@@ -2,9 +2,13 @@
 
 Telemetry of Dagster, dbt and SQLMesh is switched off for the whole session: this machine has no network
 beyond package registries, and tests must not reach for it.
+
+The dbt parse servers the session starts (`runner.dbt_parse_server`) belong to a scope of this session only,
+and are stopped at its end: no process outlives the tests.
 """
 
 import os
+import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
 
@@ -18,6 +22,18 @@ TELEMETRY_OFF = {
     "SQLMESH__DISABLE_ANONYMIZED_ANALYTICS": "1",
 }
 os.environ.update(TELEMETRY_OFF)
+PARSE_SERVER_SCOPE = f"test{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def dbt_parse_server_scope() -> Iterator[str]:
+    """The scope of this session's dbt parse servers (in every server name the session's steps use);
+    its servers are stopped when the session ends."""
+    from dagctl_dagster.runner.dbt_parse_server import SCOPE_VARIABLE, stop_servers
+
+    os.environ[SCOPE_VARIABLE] = PARSE_SERVER_SCOPE
+    yield PARSE_SERVER_SCOPE
+    stop_servers(PARSE_SERVER_SCOPE)
 
 
 @pytest.fixture(scope="session")

@@ -122,6 +122,15 @@ class LocalBackendConfig(_Strict):
     """Steps run as subprocesses on the machine running Dagster (the embedded default)."""
 
     type: Literal["local"] = "local"
+    dbt_parse_server: bool = Field(
+        default=True,
+        description="dbt's parse step is served by a resident process that has imported dbt once and forks a "
+        "child per parse (`runner.dbt_parse_server`): a warm parse without dbt's start-up. False: every parse "
+        "is a plain process.",
+    )
+    dbt_parse_server_idle_seconds: int = Field(
+        default=600, ge=1, description="The parse server exits after this many seconds without a parse."
+    )
 
 
 BackendConfig = Annotated[

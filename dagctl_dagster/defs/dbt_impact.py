@@ -31,7 +31,7 @@ from typing import Any
 from dagster import MetadataValue, TableColumn, TableRecord, TableSchema, get_dagster_logger
 
 from ..adapters.dbt_manifest import DbtParseCache, pin_manifest, read_parsed_graph, settle_pin
-from ..core.config import EnvironmentConfig, KubernetesBackendConfig, ProjectConfig
+from ..core.config import EnvironmentConfig, KubernetesBackendConfig, LocalBackendConfig, ProjectConfig
 from ..core.dbt_changes import DbtScope, Scope, build_dbt_commands
 from ..core.dbt_impact import (
     DbtGraph,
@@ -56,6 +56,7 @@ from ..core.plan import PlanSpec, seal_plan
 from ..core.steps import StepSpec
 from ..runner.dbt_parse import escape_undecodable
 from ..runner.dbt_parse_pod import BASE_MANIFEST_SHA256
+from ..runner.dbt_parse_server import get_server_name
 from .local_backend import build_local_step_env, stream_command_step
 from .runtime import PlanRuntime
 
@@ -72,13 +73,18 @@ def requires_parse(spec: PlanSpec) -> bool:
 def build_dbt_parse_step(runtime: PlanRuntime, project: ProjectConfig, env: EnvironmentConfig, snapshot: Path,
                          target_path: Path, output: Path, *, state: Path | None = None) -> StepSpec:
     """The parse step: `dbt deps` (when the project has packages) and `dbt parse` of the snapshot; with
-    `state`, dbt's `state:modified` against the manifest in that folder too."""
+    `state`, dbt's `state:modified` against the manifest in that folder too. On the local backend the step
+    is served by the resident parse server unless its config turns it off (`runner.dbt_parse_server`)."""
     from .sqlmesh_plans import build_declared_step
 
+    backend = project.backend_for(env)
+    server = ()
+    if isinstance(backend, LocalBackendConfig) and backend.dbt_parse_server:
+        server = ("--server", get_server_name(), "--server-idle", str(backend.dbt_parse_server_idle_seconds))
     argv = ("python", "-m", "dagctl_dagster.runner.dbt_parse", "--project-dir", str(snapshot),
             "--target-path", str(target_path), "--target", env.dbt_target, "--output", str(output),
             "--packages-cache", str(runtime.storage_dir / "dbt_packages" / project.name),
-            *(("--state", str(state)) if state is not None else ()))
+            *(("--state", str(state)) if state is not None else ()), *server)
     return build_declared_step(
         project, env, name="parse", argv=argv, working_dir=str(snapshot),
         env_vars={"DBT_PROFILES_DIR": str(runtime.profiles_dir(project, snapshot)),
