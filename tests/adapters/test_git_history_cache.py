@@ -224,12 +224,19 @@ def test_a_force_pushed_target_that_dropped_cached_commits_is_read_whole(tmp_pat
     assert (warm.ahead, warm.identities) == (cold.ahead, cold.identities) == (2, _people("carol", "dave", "ann"))
 
 
-def test_a_second_detect_of_the_same_range_runs_no_git_log(tmp_path):
+def _one_change(tmp_path: Path) -> tuple[str, str, GitMirror, Path]:
+    """A repository with one commit by ann on top of its first, pushed; a traced mirror of it: base, target,
+    mirror, trace file."""
     repo = make_repo(tmp_path / "repo")
     base = repo.head
     target = _commit(repo, "Change", author="ann", at=T0 + 60)
     repo.git("push", "-q", "origin", "HEAD:main")
     mirror, trace = _traced_mirror(repo, tmp_path)
+    return base, target, mirror, trace
+
+
+def test_a_second_detect_of_the_same_range_runs_no_git_log(tmp_path):
+    base, target, mirror, trace = _one_change(tmp_path)
     first = _read(mirror, base, target)
     _logs_run(trace)
 
@@ -264,11 +271,7 @@ def _cache_of(base: str, **entry: object) -> bytes:
     ],
 )
 def test_a_malformed_cache_file_is_ignored_and_rewritten(tmp_path, content):
-    repo = make_repo(tmp_path / "repo")
-    base = repo.head
-    target = _commit(repo, "Change", author="ann", at=T0 + 60)
-    repo.git("push", "-q", "origin", "HEAD:main")
-    mirror, trace = _traced_mirror(repo, tmp_path)
+    base, target, mirror, trace = _one_change(tmp_path)
     (mirror.mirror_dir / HISTORY_CACHE_NAME).write_bytes(content(base, target))
 
     read = _read(mirror, base, target)
@@ -282,11 +285,7 @@ def test_a_malformed_cache_file_is_ignored_and_rewritten(tmp_path, content):
 
 
 def test_a_cached_commit_gone_from_the_mirror_means_the_whole_range_is_read(tmp_path):
-    repo = make_repo(tmp_path / "repo")
-    base = repo.head
-    target = _commit(repo, "Change", author="ann", at=T0 + 60)
-    repo.git("push", "-q", "origin", "HEAD:main")
-    mirror, trace = _traced_mirror(repo, tmp_path)
+    base, target, mirror, trace = _one_change(tmp_path)
     (mirror.mirror_dir / HISTORY_CACHE_NAME).write_bytes(_cache_of(base))  # a valid entry, its target unknown
 
     read = _read(mirror, base, target)
@@ -316,11 +315,7 @@ def test_the_cache_keeps_the_32_most_recently_written_bases(tmp_path):
 
 
 def test_a_cache_that_cannot_be_written_never_fails_detect(tmp_path):
-    repo = make_repo(tmp_path / "repo")
-    base = repo.head
-    target = _commit(repo, "Change", author="ann", at=T0 + 60)
-    repo.git("push", "-q", "origin", "HEAD:main")
-    mirror, trace = _traced_mirror(repo, tmp_path)
+    base, target, mirror, trace = _one_change(tmp_path)
     (mirror.mirror_dir / HISTORY_CACHE_NAME).mkdir()  # neither readable as a file nor replaceable
 
     read = _read(mirror, base, target)

@@ -128,11 +128,9 @@ def test_the_childs_output_reaches_the_clients_stdout(tmp_path):
     assert "printed while dbt parses" in process.stdout
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
-def test_stopping_the_client_stops_the_parse_it_asked_for(tmp_path, sig):
-    """A `git` on the request's PATH that dbt deps runs and that blocks: it tells its pid through a FIFO.
-    SIGINT is what the step guard forwards when a run is cancelled; SIGKILL, what it sends when the run
-    worker dies."""
+def build_blocking_git_project(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """The example project with a git package, and a folder holding a `git` that tells its pid through a FIFO
+    (returned third) and blocks: `dbt deps` hangs in it until it is killed."""
     tools, fifo = tmp_path / "tools", tmp_path / "git.pid"
     tools.mkdir()
     os.mkfifo(fifo)
@@ -141,6 +139,15 @@ def test_stopping_the_client_stops_the_parse_it_asked_for(tmp_path, sig):
     project = copy_project(tmp_path, "jaffle")
     (project / "packages.yml").write_text('packages:\n  - git: "https://example.invalid/money.git"\n'
                                           '    revision: main\n')
+    return project, tools, fifo
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_stopping_the_client_stops_the_parse_it_asked_for(tmp_path, sig):
+    """A `git` on the request's PATH that dbt deps runs and that blocks: it tells its pid through a FIFO.
+    SIGINT is what the step guard forwards when a run is cancelled; SIGKILL, what it sends when the run
+    worker dies."""
+    project, tools, fifo = build_blocking_git_project(tmp_path)
     env = step_env(tmp_path, PATH=f"{tools}:{os.environ['PATH']}")
     name = new_server_name()
     client = subprocess.Popen(parse_argv(project, tmp_path / "target", name), env=env, cwd=project,
@@ -162,14 +169,7 @@ def test_stopping_the_client_stops_the_parse_it_asked_for(tmp_path, sig):
 def test_a_child_that_dies_without_an_exit_code_leaves_the_parse_to_the_client(tmp_path):
     """The blocking `git` again: its parent, the server's child, is killed; the client parses itself (and runs
     dbt deps, so the fake git a second time, now the client's own child)."""
-    tools, fifo = tmp_path / "tools", tmp_path / "git.pid"
-    tools.mkdir()
-    os.mkfifo(fifo)
-    (tools / "git").write_text(f'#!/bin/sh\necho $$ > "{fifo}"\nexec sleep 600\n')
-    (tools / "git").chmod(0o755)
-    project = copy_project(tmp_path, "jaffle")
-    (project / "packages.yml").write_text('packages:\n  - git: "https://example.invalid/money.git"\n'
-                                          '    revision: main\n')
+    project, tools, fifo = build_blocking_git_project(tmp_path)
     name = new_server_name()
     client = subprocess.Popen(parse_argv(project, tmp_path / "target", name), cwd=project,
                               env=step_env(tmp_path, PATH=f"{tools}:{os.environ['PATH']}"),
