@@ -6,6 +6,7 @@ Every server name here ends with the session's scope (tests/conftest.py stops th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -244,35 +246,33 @@ def test_a_server_that_refuses_connections_leaves_the_parse_in_process_with_the_
     assert f"{FALLBACK}[Errno 111] Connection refused" in process.stderr
 
 
-def test_an_idle_server_exits(tmp_path):
-    name = new_server_name()
+@contextlib.contextmanager
+def ready_server(name: str, idle_seconds: float) -> Iterator[subprocess.Popen]:
+    """A server started by hand, once it said `ready`; killed (if still alive) on leaving."""
     ready_r, ready_w = os.pipe()
     server = subprocess.Popen([sys.executable, "-m", "dagctl_dagster.runner.dbt_parse_server", "--name", name,
-                               "--idle-seconds", "0.5", "--ready-fd", str(ready_w)], pass_fds=(ready_w,))
+                               "--idle-seconds", str(idle_seconds), "--ready-fd", str(ready_w)], pass_fds=(ready_w,))
     os.close(ready_w)
     try:
         assert os.read(ready_r, 16) == b"ready"
-        assert server.wait(timeout=DEADLINE) == 0
+        yield server
     finally:
         os.close(ready_r)
         server.kill()
         server.wait()
+
+
+def test_an_idle_server_exits(tmp_path):
+    name = new_server_name()
+    with ready_server(name, 0.5) as server:
+        assert server.wait(timeout=DEADLINE) == 0
     assert get_server_pid(name) is None
 
 
 def test_sigterm_stops_a_server(tmp_path):
     name = new_server_name()
-    ready_r, ready_w = os.pipe()
-    server = subprocess.Popen([sys.executable, "-m", "dagctl_dagster.runner.dbt_parse_server", "--name", name,
-                               "--idle-seconds", "600", "--ready-fd", str(ready_w)], pass_fds=(ready_w,))
-    os.close(ready_w)
-    try:
-        assert os.read(ready_r, 16) == b"ready"
+    with ready_server(name, 600) as server:
         assert get_server_pid(name) == server.pid
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=DEADLINE) == -signal.SIGTERM
-    finally:
-        os.close(ready_r)
-        server.kill()
-        server.wait()
     assert get_server_pid(name) is None
