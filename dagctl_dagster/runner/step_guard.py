@@ -21,6 +21,10 @@ declares the step over (the start times tell a reused pid from the step's own). 
 COMMAND's exit code (128 + N when a signal N ended it). It imports only the standard library and writes
 nothing to stdout, so COMMAND's output (dbt's JSON log lines) passes through untouched.
 
+One step's work runs outside COMMAND's group: a dbt parse served by the resident parse server
+(`runner.dbt_parse_server`) runs in a child of that server. COMMAND is then the server's client, and the
+child kills its own group as soon as the client's connection closes, however the client ended.
+
 Linux only (`prctl`, `/proc`). The launcher must start the guard from a thread that lives as long as the
 step (the kernel signals the guard when that thread ends): the backends wait for their steps in the
 thread that started them.
