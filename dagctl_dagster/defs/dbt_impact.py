@@ -81,7 +81,7 @@ def build_dbt_parse_step(runtime: PlanRuntime, project: ProjectConfig, env: Envi
     server = ()
     if isinstance(backend, LocalBackendConfig) and backend.dbt_parse_server:
         server = ("--server", get_server_name(), "--server-idle", str(backend.dbt_parse_server_idle_seconds))
-    argv = ("python", "-m", "dagctl_dagster.runner.dbt_parse", "--project-dir", str(snapshot),
+    argv = ("python", "-P", "-m", "dagctl_dagster.runner.dbt_parse", "--project-dir", str(snapshot),
             "--target-path", str(target_path), "--target", env.dbt_target, "--output", str(output),
             "--packages-cache", str(runtime.storage_dir / "dbt_packages" / project.name),
             *(("--state", str(state)) if state is not None else ()), *server)

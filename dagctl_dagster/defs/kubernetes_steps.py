@@ -232,7 +232,7 @@ def build_dbt_parse_pod_step(project: ProjectConfig, env: EnvironmentConfig, spe
     from .sqlmesh_plans import build_declared_step
 
     target_path = f"{PARSE_DIR}/target"
-    argv = ("python", "-m", "dagctl_dagster.runner.dbt_parse_pod", "--project-dir", checkout.project_dir,
+    argv = ("python", "-P", "-m", "dagctl_dagster.runner.dbt_parse_pod", "--project-dir", checkout.project_dir,
             "--target-path", target_path, "--target", env.dbt_target, "--output", f"{PARSE_DIR}/result.json",
             *(("--cache-dir", f"{PARSE_CACHE_DIR}/{project.name}", "--commit", spec.target_commit)
               if backend.parse_cache_claim else ()),

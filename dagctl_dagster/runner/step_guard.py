@@ -110,10 +110,10 @@ def build_guard_argv(argv: Sequence[str], *, keep: Sequence[str], keep_prefixes:
     """The command line that runs `argv` behind the guard, for the launcher process `parent` (default: us).
 
     Example: `build_guard_argv(["dbt", "build"], keep=["PATH", "HOME"])` ->
-    `[python, "-m", "dagctl_dagster.runner.step_guard", "--parent", "4242", "--keep", "PATH", "--keep",
+    `[python, "-P", "-m", "dagctl_dagster.runner.step_guard", "--parent", "4242", "--keep", "PATH", "--keep",
     "HOME", "--", "dbt", "build"]`.
     """
-    guard = [sys.executable, "-m", "dagctl_dagster.runner.step_guard",
+    guard = [sys.executable, "-P", "-m", "dagctl_dagster.runner.step_guard",
              "--parent", str(parent if parent is not None else os.getpid())]
     for name in sorted(keep):
         guard += ["--keep", name]

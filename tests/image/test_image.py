@@ -132,7 +132,7 @@ def project_image(tmp_path_factory) -> str:
     output.mkdir()
     os.chmod(output, 0o777)
     podman("run", "--rm", "-v", f"{context}:/workspace/repo:ro", "-v", f"{output}:/dagctl/build", IMAGE,
-           "python", "-m", "dagctl_dagster.adapters.kubernetes.dockerfile", "--context", "/workspace/repo",
+           "python", "-P", "-m", "dagctl_dagster.adapters.kubernetes.dockerfile", "--context", "/workspace/repo",
            "--output", "/dagctl/build/Dockerfile")
     mounts = [arg for mount in BUILD_MOUNTS for arg in ("-v", mount)]
     podman("build", "-q", "--pull=never", *mounts, "--build-arg", f"BASE_IMAGE={IMAGE}", "-t", PROJECT_IMAGE,

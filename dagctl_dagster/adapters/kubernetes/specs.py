@@ -53,8 +53,8 @@ DBT_PROFILES_MOUNT = "/etc/dagctl/dbt-profiles"
 GIT_TOKEN_ENV = "DAGCTL_GIT_TOKEN"
 
 # dbt steps run through our in-image entrypoint, which reports every model built over dagster-pipes.
-DBT_RUNNER = ("python", "-m", "dagctl_dagster.runner.dbt_pipes")
-DOCKERFILE_SELECTOR = ("python", "-m", "dagctl_dagster.adapters.kubernetes.dockerfile")
+DBT_RUNNER = ("python", "-P", "-m", "dagctl_dagster.runner.dbt_pipes")
+DOCKERFILE_SELECTOR = ("python", "-P", "-m", "dagctl_dagster.adapters.kubernetes.dockerfile")
 
 _COMMIT = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 _NAME_CHARS = re.compile(r"[^a-z0-9-]+")

@@ -226,7 +226,7 @@ def test_the_parse_pod_is_a_restricted_runner_image_pod_with_its_secrets_as_refe
     assert {"DAGSTER_PIPES_CONTEXT", "DAGSTER_PIPES_MESSAGES"} <= set(env)
     assert container["image"] == RUNNER_IMAGE
     assert container["command"] == [
-        "python", "-m", "dagctl_dagster.runner.dbt_parse_pod", "--project-dir", "/workspace/repo",
+        "python", "-P", "-m", "dagctl_dagster.runner.dbt_parse_pod", "--project-dir", "/workspace/repo",
         "--target-path", "/workspace/dbt-parse/target", "--target", "prod",
         "--output", "/workspace/dbt-parse/result.json"]
     assert container["workingDir"] == "/workspace/repo"

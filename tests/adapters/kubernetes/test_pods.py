@@ -224,7 +224,7 @@ def test_the_pod_sent_is_a_valid_pod_with_the_pipes_bootstrap_and_plan_labels(
     pod = cluster.created_pods[0]
     assert_valid_manifest(pod)
     main = pod["spec"]["containers"][0]
-    assert main["command"][:3] == ["python", "-m", "dagctl_dagster.runner.dbt_pipes"]
+    assert main["command"][:4] == ["python", "-P", "-m", "dagctl_dagster.runner.dbt_pipes"]
     assert {"DAGSTER_PIPES_CONTEXT", "DAGSTER_PIPES_MESSAGES", "DBT_PASSWORD"} <= {e["name"] for e in main["env"]}
     assert {key: pod["metadata"]["labels"][key] for key in ("dagctl/project", "dagctl/environment", "dagctl/plan-id")} \
         == {"dagctl/project": "jaffle", "dagctl/environment": "prod", "dagctl/plan-id": PLAN_ID}

@@ -190,10 +190,10 @@ def test_dockerfile_is_chosen_in_the_pod_by_the_runner_image(make_backend: Facto
         ["spec"]["template"]["spec"], "dockerfile")
 
     assert default["image"] == RUNNER_IMAGE
-    assert default["command"] == ["python", "-m", "dagctl_dagster.adapters.kubernetes.dockerfile",
+    assert default["command"] == ["python", "-P", "-m", "dagctl_dagster.adapters.kubernetes.dockerfile",
                                   "--context", REPO_DIR, "--output", BUILD_DOCKERFILE]
     assert configured["command"][-4:] == ["--output", BUILD_DOCKERFILE, "--dockerfile", "docker/dbt.Dockerfile"]
-    assert configured["command"][4] == f"{REPO_DIR}/jaffle"
+    assert configured["command"][5] == f"{REPO_DIR}/jaffle"
 
 
 def test_ssh_credentials_are_a_read_only_key_and_known_hosts(make_backend: Factory, make_project: Factory) -> None:
