@@ -660,20 +660,19 @@ class GitMirror:
             authored_at=datetime.fromisoformat(authored).astimezone(UTC),
         )
 
-    def list_commit_identities(self, base: str | None, target: str) -> list[tuple[str, str]]:
-        """`(name, email)` of the author and the committer of every commit in `base..target`, each once, in
-        `CommitHistory`'s canonical order: newest committer time (of the newest commit carrying it) first, ties
-        by `(name, email)`. Without `base` (a first deployment), of the target commit alone: the whole history
-        is not one person's change.
+    def read_history(self, base: str | None, target: str) -> CommitHistory:
+        """The commits in `base..target` in one `git log`: how many, and the `(name, email)` of the author and
+        the committer of each, once each, in `CommitHistory`'s canonical order (newest committer time first,
+        ties by `(name, email)`). Without `base` (a first deployment): 0 commits ahead and the identities of
+        the target commit alone (the whole history is not one person's change). Refs are resolved first.
 
         Raises:
             DagctlGitError: either commit is not in the mirror.
 
-        Example: `mirror.list_commit_identities(deployed, head)` -> `[("Ann", "ann@acme.io"), ...]`.
+        Example: `mirror.read_history(deployed, "main")` -> `CommitHistory(ahead=3, identities=[("Ann", ...)])`.
         """
         target_sha = self.resolve(target)
-        history = self._read_range_history(self.resolve(base) if base else None, target_sha)
-        return history.to_commit_history().identities
+        return self._read_range_history(self.resolve(base) if base else None, target_sha).to_commit_history()
 
     def _read_range_history(self, base: str | None, target: str) -> _RangeHistory:
         """The whole history of `base..target` (the target alone without a base) in one `git log`."""
@@ -685,17 +684,6 @@ class GitMirror:
             self.resolve(target)
             raise self._error("list the commits of", stderr, hint=self._hint(stderr, network=False))
         return _parse_history(raw, is_counted=base is not None)
-
-    def commits_ahead(self, base: str, target: str) -> int:
-        """How many commits `target` has that `base` has not (`git rev-list --count base..target`).
-
-        Raises:
-            DagctlGitError: either commit is not in the mirror.
-
-        Example: `mirror.commits_ahead(last_deployed, "main")` -> `3`.
-        """
-        base_sha, target_sha = self.resolve(base), self.resolve(target)
-        return int(self._run(["rev-list", "--count", f"{base_sha}..{target_sha}"], action="count commits in"))
 
     def diff(self, base: str | None, target: str, *, subdirectory: str | None = None) -> list[DiffEntry]:
         """The files changed from `base` to `target`, with rename detection, sorted by path.
@@ -744,7 +732,7 @@ class GitMirror:
         """Everything `detect` needs from Git, read by concurrent git processes (see `start_change_read`).
 
         The diff (as `diff`), the target's commit info (as `commit_info`), one file at the target (as
-        `read_file`), the commits ahead (as `commits_ahead`) and their identities (as `list_commit_identities`).
+        `read_file`), the commits ahead and their identities (as `read_history`).
 
         Example: `mirror.read_change(base, head, subdirectory="dbt", file_path="dbt/.dagctl/config.yaml")`.
         """

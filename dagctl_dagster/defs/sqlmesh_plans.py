@@ -99,6 +99,7 @@ def explain_sqlmesh_spec(
         change_set = run_sqlmesh_explain(build_sqlmesh_explain_step(project, env, snapshot, output), output)
     entries = mirror.diff(base_commit, target_commit, subdirectory=project.subdirectory)
     info = mirror.commit_info(target_commit)
+    history = mirror.read_history(base_commit, target_commit)
     return seal_plan(PlanSpec(
         plan_id=plan_id,
         project=project.name,
@@ -109,9 +110,9 @@ def explain_sqlmesh_spec(
         triggered_by=triggered_by,
         author=requested_by or info.author_name,
         authors=tuple(CommitIdentity(name=name, email=email)
-                      for name, email in mirror.list_commit_identities(base_commit, target_commit)),
+                      for name, email in history.identities),
         commit_message=info.message,
-        commits_ahead=mirror.commits_ahead(base_commit, target_commit) if base_commit else 0,
+        commits_ahead=history.ahead,
         files=tuple(build_file_change(e.path, e.change_type, e.old_path) for e in entries),
         sqlmesh=change_set,
         created_at=now,

@@ -18,8 +18,8 @@ def test_every_author_and_committer_between_base_and_target_is_listed_once(tmp_p
     mirror = GitMirror(repo.url, tmp_path / "mirror.git")
     mirror.ensure()
 
-    identities = mirror.list_commit_identities(base, repo.head)
-    first_deployment = mirror.list_commit_identities(None, repo.head)
+    identities = mirror.read_history(base, repo.head).identities
+    first_deployment = mirror.read_history(None, repo.head).identities
 
     # carol is the committer of every commit (the fixture's Git identity). Newest commit first (ann and carol
     # both carry the third), ties by name.
@@ -38,9 +38,10 @@ def test_detects_read_lists_the_same_identities_and_counts_the_commits(tmp_path)
     read = mirror.read_change(base, repo.head, file_path="a.txt")
 
     # ann authored and carol committed both commits: a tie, broken by name.
-    assert read.identities == mirror.list_commit_identities(base, repo.head) == [
+    assert read.identities == mirror.read_history(base, repo.head).identities == [
         ("ann", "ann@example.com"), ("carol", "carol@example.com")]
-    assert read.ahead == mirror.commits_ahead(base, repo.head) == 2
+    counted = int(repo.git("rev-list", "--count", f"{base}..HEAD"))
+    assert read.ahead == mirror.read_history(base, repo.head).ahead == counted == 2
 
 
 def test_identities_are_read_in_utf8_whatever_the_log_output_encoding_configured(tmp_path):
@@ -53,5 +54,5 @@ def test_identities_are_read_in_utf8_whatever_the_log_output_encoding_configured
     mirror.ensure()
 
     # The commit objects are UTF-8, as `detect` reads new commits without `git log`: both must agree.
-    assert ("José", "José@example.com") in mirror.list_commit_identities(base, repo.head)
+    assert ("José", "José@example.com") in mirror.read_history(base, repo.head).identities
     assert ("José", "José@example.com") in mirror.read_change(base, repo.head, file_path="a.txt").identities

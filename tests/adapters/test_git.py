@@ -258,7 +258,7 @@ def test_commit_info_has_subject_author_and_utc_author_date(
     )
 
 
-def test_commits_ahead_counts_commits_of_target_missing_from_base(
+def test_read_history_counts_commits_of_target_missing_from_base(
     mirror: GitMirror, remote: RemoteRepository
 ) -> None:
     base = remote.head()
@@ -266,9 +266,9 @@ def test_commits_ahead_counts_commits_of_target_missing_from_base(
     remote.commit({"README.md": "# two\n"})
     mirror.refresh_branch("main")
 
-    assert mirror.commits_ahead(base, "main") == 2
-    assert mirror.commits_ahead("main", base) == 0
-    assert mirror.commits_ahead(base, base) == 0
+    assert mirror.read_history(base, "main").ahead == 2
+    assert mirror.read_history("main", base).ahead == 0
+    assert mirror.read_history(base, base).ahead == 0
 
 
 # -- diffs ----------------------------------------------------------------------------------------------------
@@ -536,8 +536,8 @@ def test_read_change_in_one_round_trip_equals_the_individual_reads(
         entries=mirror.diff(base, target, subdirectory="dbt"),
         info=mirror.commit_info(target),
         file_text=mirror.read_file(target, "dbt/.dagctl/config.yaml"),
-        ahead=mirror.commits_ahead(base, target),
-        identities=mirror.list_commit_identities(base, target),
+        ahead=mirror.read_history(base, target).ahead,
+        identities=mirror.read_history(base, target).identities,
     )
     assert (read.file_text, read.ahead, read.info.message) == ('version: "2"\n', 2, "Add countries")
 

@@ -65,7 +65,7 @@ def test_identities_of_a_merge_include_every_commit_of_the_merged_branch(tmp_pat
     # commit, where bob is the committer, then bob's own, committed by erin), ties by name.
     assert history.identities == [(name, f"{name}@example.com")
                                   for name in ("dave", "gina", "ann", "bob", "frank", "erin")]
-    assert history.identities == mirror.list_commit_identities(base, repo.head)
+    assert history.identities == mirror.read_history(base, repo.head).identities
 
 
 def test_history_longer_than_a_pipe_holds_is_read_whole_after_the_callers_own_work(tmp_path):
@@ -142,7 +142,7 @@ def test_small_fetches_stay_packed_in_the_mirror(tmp_path):
 
     # `git log` reads packed commits 3.5 times faster than loose ones; git unpacks small fetches by default.
     assert (counts["count"], counts["packs"]) == ("0", "4")
-    assert mirror.commits_ahead(f"{repo.head}~3", repo.head) == 3
+    assert mirror.read_history(f"{repo.head}~3", repo.head).ahead == 3
 
 
 @pytest.mark.parametrize(
