@@ -137,7 +137,7 @@ def run_parse_step(project: Path, target: Path, profiles: Path, *, state: Path |
     common = ["--project-dir", str(project), "--target-path", str(target), "--target", "prod", "--output",
               str(output), *(["--state", str(state)] if state else [])]
     if served:
-        argv = [sys.executable, "-m", "dagctl_dagster.runner.dbt_parse", *common,
+        argv = [sys.executable, "-P", "-m", "dagctl_dagster.runner.dbt_parse", *common,
                 "--server", str(SERVER["name"]), "--server-idle", "600"]
     else:
         argv = [sys.executable, "-c", PROBE, "-", *common]
